@@ -1,0 +1,1 @@
+"""Prefect flows: the DAG wiring of the pipeline, no stage logic."""

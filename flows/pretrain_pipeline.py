@@ -1,0 +1,85 @@
+"""The `pretrain-pipeline` Prefect flow: the DAG of stages, wired in order. No stage logic lives here.
+
+Parameters:
+  config_path  pipeline.yaml to read (relative paths in it resolve against its directory)
+  overrides    dotted keys to override for this run, e.g. {"ingest.workers": 4}
+  only         stages to execute (e.g. ["ingest"] or ["ingest/web"]); every other stage must
+               already have an artifact for its current version, which is read as is
+  force        stages to rebuild even though their version exists; they get a new version salted
+               with this run's id (committed artifacts are never overwritten), and so do the
+               stages after them
+
+Every stage whose version is already committed ends Cached, so rerunning or retrying a flow run
+re-executes only the stages that failed or never ran, and those after them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.runs import RunRecorder
+from pipeline.storage import open_store
+from tasks.ingest import ingest_task
+from tasks.stage import RunContext
+
+FLOW_NAME = "pretrain-pipeline"
+STAGES = ("ingest",)  # in DAG order; each later stage appends itself here and in the flow body
+
+
+class PipelineFailed(RuntimeError):
+    """One or more stages failed; the run record says which and why."""
+
+
+def stage_names(config: PipelineConfig) -> set[str]:
+    return {"all", *STAGES, *(f"ingest/{source.name}" for source in config.sources)}
+
+
+def check_selection(config: PipelineConfig, only: list[str] | None, force: list[str] | None) -> None:
+    known = stage_names(config)
+    for parameter, names in (("only", only), ("force", force)):
+        unknown = sorted(set(names or []) - known)
+        if unknown:
+            raise ConfigError(f"parameter {parameter}: unknown stage(s) {unknown}; allowed: {sorted(known)}")
+
+
+@flow(name=FLOW_NAME, log_prints=True, validate_parameters=True)
+def pretrain_pipeline(
+    config_path: str = "pipeline.yaml",
+    overrides: dict[str, Any] | None = None,
+    only: list[str] | None = None,
+    force: list[str] | None = None,
+) -> dict[str, Any]:
+    logger = get_run_logger()
+    config = load_config(config_path, overrides)
+    check_selection(config, only, force)
+    store = open_store(config.storage)
+    run_id = flow_run.get_id() or "local"
+    recorder = RunRecorder(
+        store, run_id, flow=FLOW_NAME, config=config.model_dump(mode="json"),
+        parameters={"config_path": config_path, "overrides": overrides, "only": only, "force": force},
+    )
+    ctx = RunContext(
+        config=config, store=store, base_dir=Path(config_path).resolve().parent, run_id=run_id,
+        recorder=recorder, only=frozenset(only) if only is not None else None, force=frozenset(force or []),
+    )
+    logger.info("run %s (attempt %s): storage %s", run_id, recorder.record["attempt"], store.uri())
+
+    states = {f"ingest/{source.name}": ingest_task(ctx, source.name, return_state=True) for source in config.sources}
+
+    failed = {name: state.message for name, state in states.items() if not state.is_completed()}
+    if failed:
+        recorder.finish("failed")
+        raise PipelineFailed(f"stage(s) failed: {', '.join(sorted(failed))}; run record: {store.uri(recorder.key)}")
+    record = recorder.finish("completed")
+    for name, stage in sorted(record["stages"].items()):
+        logger.info("%-28s %-9s %s", name, stage["status"], stage.get("uri", ""))
+    return {"run_id": run_id, "record": store.uri(recorder.key), "stages": record["stages"]}
+
+
+if __name__ == "__main__":
+    pretrain_pipeline()

@@ -1,0 +1,1 @@
+"""Shared plumbing every stage imports: config schema, artifact store, shard I/O, local stack."""

@@ -1,0 +1,267 @@
+"""The typed schema of pipeline.yaml, its loading, per-run overrides and validation errors.
+
+Every tunable of the pipeline lives here. Validation runs before any work starts: an unknown key,
+a wrong type or an out-of-range value raises ConfigError naming the key's dotted path and what is
+allowed. Overrides are dotted keys (`ingest.workers=4`, `sources.web.location=s3://b/p`) applied to
+the raw YAML before validation, so they are validated exactly like the file.
+
+Fields marked `unversioned` change how a stage runs (parallelism, paths of scratch space) but not
+what it produces; they are left out of artifact versions.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+UNVERSIONED = {"unversioned": True}
+
+
+class ConfigError(ValueError):
+    """pipeline.yaml (or an override) is invalid; the message names each bad key and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def versioned(self) -> dict[str, Any]:
+        """This section as JSON, without the fields that do not change a stage's output."""
+        data = self.model_dump(mode="json")
+        for name, field in type(self).model_fields.items():
+            if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("unversioned"):
+                data.pop(name, None)
+        return data
+
+
+class StorageConfig(Section):
+    """Where artifacts live. Credentials never appear here: boto3 reads them from the environment."""
+
+    backend: Literal["s3", "local"] = "s3"
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint (SeaweedFS, MinIO, ...); null means AWS's own endpoint"
+    )
+    region: str = "us-east-1"
+    bucket: str = Field("pretrain-pipeline", min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.\-]+$")
+    prefix: str = Field("pipeline", description="key prefix of everything this pipeline writes")
+    local_root: str = Field(".artifacts", description="root directory when backend is local")
+    max_attempts: int = Field(10, ge=1, le=50, description="S3 request attempts (adaptive retry on throttling)")
+    multipart_threshold_mb: int = Field(64, ge=5, le=5120)
+    create_bucket: bool = Field(True, description="create the bucket (with versioning on) if it is missing")
+
+    @field_validator("prefix")
+    @classmethod
+    def _clean_prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value or not re.fullmatch(r"[A-Za-z0-9._\-/]+", value):
+            raise ValueError("must be a non-empty key prefix of letters, digits, '.', '_', '-', '/'")
+        return value
+
+
+SOURCE_NAME = r"^[a-z0-9][a-z0-9_\-]*$"
+
+
+class _SourceBase(Section):
+    name: str = Field(pattern=SOURCE_NAME, max_length=64)
+    # Where the data lies does not change what it is: the version comes from the files' fingerprints.
+    location: str = Field(
+        description="a file, a directory, or an s3://bucket/prefix URI", json_schema_extra=UNVERSIONED
+    )
+    include: list[str] | None = Field(
+        None, description="glob patterns of file names to read; default depends on the kind"
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint for an s3:// location on another server than storage's",
+        json_schema_extra=UNVERSIONED,
+    )
+
+
+class WarcSource(_SourceBase):
+    kind: Literal["warc"]
+
+
+class JsonlSource(_SourceBase):
+    kind: Literal["jsonl"]
+    text_field: str = "text"
+    id_field: str | None = Field(None, description="field holding a stable document id, if the data has one")
+    url_field: str | None = "url"
+    date_field: str | None = Field(None, description="field holding the fetch date (ISO 8601)")
+    content_type: Literal["text/plain", "text/html"] = "text/plain"
+
+
+class HtmlSource(_SourceBase):
+    kind: Literal["html"]
+    base_url: str | None = Field(None, description="URL prefix that the relative file path is appended to")
+    charset: str | None = Field(None, description="declared charset of the files, if known")
+
+
+Source = Annotated[Union[WarcSource, JsonlSource, HtmlSource], Field(discriminator="kind")]
+SOURCE_KINDS = {"warc": WarcSource, "jsonl": JsonlSource, "html": HtmlSource}
+
+
+class IngestConfig(Section):
+    workers: int = Field(2, ge=1, le=1024, json_schema_extra=UNVERSIONED)
+    shard_max_mb: int = Field(64, ge=1, le=4096, description="raw content per Parquet shard")
+    shard_max_docs: int = Field(50_000, ge=1)
+    unit_max_mb: int = Field(
+        64, ge=1, le=65536, description="small files (HTML folders, JSONL) are grouped into work units of this size"
+    )
+    max_record_mb: float = Field(10.0, gt=0, le=2048, description="larger records are quarantined as oversize")
+    html_content_types: list[str] = Field(
+        ["text/html", "application/xhtml+xml"], min_length=1, description="WARC payload types kept as documents"
+    )
+    quarantine_sample_bytes: int = Field(
+        4096, ge=0, le=1 << 20, description="bytes of a quarantined record kept for inspection"
+    )
+    compression_level: int = Field(3, ge=1, le=22, description="zstd level of the Parquet shards")
+    progress_every_seconds: float = Field(10.0, gt=0, json_schema_extra=UNVERSIONED)
+    scratch_dir: str | None = Field(
+        None, description="local scratch space for shards before upload; default: system temp",
+        json_schema_extra=UNVERSIONED,
+    )
+
+
+class PipelineConfig(Section):
+    storage: StorageConfig = StorageConfig()
+    sources: list[Source] = Field(min_length=1)
+    ingest: IngestConfig = IngestConfig()
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> "PipelineConfig":
+        seen: set[str] = set()
+        for source in self.sources:
+            if source.name in seen:
+                raise ValueError(f"sources: duplicate source name {source.name!r}; names must be unique")
+            seen.add(source.name)
+        return self
+
+    def source(self, name: str) -> WarcSource | JsonlSource | HtmlSource:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(f"no source named {name!r}; configured: {', '.join(s.name for s in self.sources)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and readable errors
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> PipelineConfig:
+    """Read pipeline.yaml, apply overrides, validate. Raises ConfigError on any problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides)
+    return validate_config(raw, origin=str(path))
+
+
+def validate_config(raw: dict[str, Any], origin: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [format_error(err) for err in exc.errors()]
+        raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """`["a.b=1", "c=x"]` or `{"a.b": 1}` -> `{"a.b": 1, "c": "x"}` (values parsed as YAML)."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        return dict(items)
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted KEY, e.g. ingest.workers=4")
+        parsed[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    """Set dotted keys in a copy of the raw config. A list element is addressed by index or by its `name`."""
+    import copy
+
+    result = copy.deepcopy(raw)
+    for dotted, value in parse_overrides(overrides).items():
+        parts = dotted.split(".")
+        node: Any = result
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                index = _list_index(node, part, where)
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {dotted}: {'.'.join(parts[:depth])} is a value, not a section")
+    return result
+
+
+def _list_index(node: list, part: str, where: str) -> int:
+    if part.isdigit():
+        if int(part) >= len(node):
+            raise ConfigError(f"override {where}: index out of range (the list has {len(node)} items)")
+        return int(part)
+    for index, item in enumerate(node):
+        if isinstance(item, dict) and item.get("name") == part:
+            return index
+    names = [item.get("name") for item in node if isinstance(item, dict)]
+    raise ConfigError(f"override {where}: no item named {part!r}; allowed: an index or one of {names}")
+
+
+def format_error(err: dict[str, Any]) -> str:
+    """One pydantic error as `dotted.path: problem (allowed: ...)`."""
+    loc = [part for part in err["loc"] if not (isinstance(part, str) and part in SOURCE_KINDS)]
+    path = ".".join(str(part) for part in loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(err["loc"][:-1])
+        return f"{path}: unknown key" + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    if kind == "union_tag_invalid":
+        return f"{path}: {err['msg']}".replace("'kind'", "kind")
+    message = err["msg"]
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    return f"{path}: {message} (got {err.get('input')!r})"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: Any = PipelineConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if isinstance(part, str) and part in SOURCE_KINDS:
+            model = SOURCE_KINDS[part]
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        if part == "sources":
+            model = None
+            continue
+        model = annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return sorted(model.model_fields)
+    return []

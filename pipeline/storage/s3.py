@@ -1,0 +1,204 @@
+"""The S3 object store, through boto3: any S3-compatible server (SeaweedFS, MinIO, Ceph) or AWS.
+
+Path-style addressing and SigV4 so it works against local servers and AWS alike; adaptive retries
+so throttling (503 SlowDown) slows the pipeline down instead of failing it. Conditional create is
+`PutObject` with `If-None-Match: *`. Credentials come only from boto3's own chain (environment,
+profile, instance role); nothing here reads or logs them. The client is created lazily so a store
+can be pickled into worker processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from .base import NotFound, ObjectStore, ObjectVersion, StoreError, join_key
+
+_CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
+
+
+class S3Store(ObjectStore):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        max_attempts: int = 10,
+        multipart_threshold_mb: int = 64,
+    ):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.max_attempts = max_attempts
+        self.multipart_threshold = multipart_threshold_mb * 1024 * 1024
+        self._client: Any = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.uri()!r}, endpoint={self.endpoint_url!r})"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = make_s3_client(self.endpoint_url, self.region, self.max_attempts)
+        return self._client
+
+    def _key(self, key: str) -> str:
+        return join_key(self.prefix, key)
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def http_link(self, key: str, expires_seconds: int = 7 * 24 * 3600) -> str | None:
+        try:
+            return self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_seconds
+            )
+        except Exception:  # no credentials available: the s3:// URI is shown instead
+            return None
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if missing and switch versioning on (ref history relies on it)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) not in {"404", "NoSuchBucket", "NotFound"}:
+                raise StoreError(f"s3://{self.bucket}: cannot access bucket: {_code(exc)}") from None
+            self.client.create_bucket(Bucket=self.bucket)
+        status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+        if status != "Enabled":
+            self.client.put_bucket_versioning(
+                Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"}
+            )
+
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        from botocore.exceptions import ClientError
+
+        extra = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+        except ClientError as exc:
+            if if_absent and _code(exc) in _CONDITION_FAILED:
+                return False
+            raise StoreError(f"{self.uri(key)}: put failed: {_code(exc)}") from None
+        return True
+
+    def put_file(self, key: str, path: Path) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=self.multipart_threshold)
+        self.client.upload_file(str(path), self.bucket, self._key(key), Config=config)
+
+    def get_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise NotFound(self.uri(key)) from None
+            raise StoreError(f"{self.uri(key)}: get failed: {_code(exc)}") from None
+
+    def download(self, key: str, path: Path) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(path))
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise NotFound(self.uri(key)) from None
+            raise StoreError(f"{self.uri(key)}: download failed: {_code(exc)}") from None
+
+    def size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise StoreError(f"{self.uri(key)}: head failed: {_code(exc)}") from None
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        full = self._key(prefix)
+        if prefix.endswith("/") or not prefix:
+            full = full + "/" if full else ""
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for item in page.get("Contents", []):
+                yield item["Key"][strip:]
+
+    def list_children(self, prefix: str) -> list[str]:
+        full = self._key(prefix) + "/"
+        names: set[str] = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                names.add(common["Prefix"][len(full):].rstrip("/"))
+            for item in page.get("Contents", []):
+                names.add(item["Key"][len(full):])
+        return sorted(name for name in names if name)
+
+    def versions(self, key: str) -> list[ObjectVersion]:
+        full = self._key(key)
+        found: list[ObjectVersion] = []
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for item in page.get("Versions", []):
+                if item["Key"] == full:
+                    found.append(
+                        ObjectVersion(
+                            version_id=item["VersionId"],
+                            modified=item["LastModified"].isoformat(),
+                            size=int(item["Size"]),
+                            latest=bool(item.get("IsLatest")),
+                        )
+                    )
+        return found
+
+    def get_version(self, key: str, version_id: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), VersionId=version_id)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise NotFound(f"{self.uri(key)} version {version_id}") from None
+            raise StoreError(f"{self.uri(key)}: get version failed: {_code(exc)}") from None
+        return response["Body"].read()
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def make_s3_client(endpoint_url: str | None, region: str, max_attempts: int = 10) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        retries={"max_attempts": max_attempts, "mode": "adaptive"},
+        connect_timeout=10,
+        read_timeout=120,
+    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def _code(exc: Exception) -> str:
+    response = getattr(exc, "response", {}) or {}
+    code = response.get("Error", {}).get("Code")
+    if code:
+        return str(code)
+    return str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", "unknown"))

@@ -1,0 +1,1 @@
+"""One module per pipeline stage: a pure core plus a thin Prefect task."""

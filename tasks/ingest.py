@@ -1,0 +1,260 @@
+"""Ingest stage: raw sources (WARC, JSONL, HTML folders; local or s3://) -> Parquet document shards.
+
+One artifact per source, `ingest/<source>`, whose version derives from the input files' fingerprints
+and the ingest settings: an unchanged source is skipped, a changed one is re-ingested. Input files
+are grouped into work units processed in parallel; each finished unit is recorded, so a killed run
+resumes with the units still missing. Records that cannot be used go to `quarantine/` with their
+reason; non-document WARC records and blank lines are counted as skipped.
+
+The core (`plan_units`, `ingest_unit`, `run_ingest`) knows nothing of Prefect; `ingest_task` at the
+end is the thin task the flow calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pipeline.artifacts import ArtifactWriter, StageSpec, upload_file
+from pipeline.config import HtmlSource, IngestConfig, JsonlSource, StorageConfig, WarcSource
+from pipeline.counts import merge_counts
+from pipeline.parallel import map_units
+from pipeline.raw_formats import Item, Limits, RawDoc, Reject, read_html_file, read_jsonl, read_warc
+from pipeline.shards import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA, ShardWriter
+from pipeline.sources import InputFile, list_inputs, local_copy
+from pipeline.storage import ObjectStore
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from .stage import RunContext, execute_stage
+
+STAGE = "ingest"
+CODE_VERSION = "1"
+MB = 1024 * 1024
+
+SourceConfig = WarcSource | JsonlSource | HtmlSource
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Unit:
+    key: str
+    files: tuple[InputFile, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def plan_units(source: SourceConfig, files: list[InputFile], settings: IngestConfig) -> list[Unit]:
+    """Group files into work units; the plan depends only on the files and settings, not on workers.
+
+    A WARC file, or any file of at least unit_max_mb, is a unit of its own; smaller files (HTML
+    pages, small JSONL files) are grouped in order until a unit reaches unit_max_mb.
+    """
+    limit = settings.unit_max_mb * MB
+    groups: list[list[InputFile]] = []
+    current: list[InputFile] = []
+    current_size = 0
+    for file in files:
+        if source.kind == "warc" or file.size >= limit:
+            groups.extend([current, [file]] if current else [[file]])
+            current, current_size = [], 0
+            continue
+        if current and current_size + file.size > limit:
+            groups.append(current)
+            current, current_size = [], 0
+        current.append(file)
+        current_size += file.size
+    if current:
+        groups.append(current)
+    return [Unit(f"u{index:05d}", tuple(group)) for index, group in enumerate(groups)]
+
+
+def ingest_spec(source: SourceConfig, files: list[InputFile], settings: IngestConfig,
+                rebuild: str | None = None) -> StageSpec:
+    listing = [[f.relpath, f.fingerprint] for f in files]
+    return StageSpec(
+        stage=STAGE,
+        artifact=f"{STAGE}/{source.name}",
+        code_version=CODE_VERSION,
+        config={"source": source.versioned(), "ingest": settings.versioned()},
+        inputs={
+            "files": len(files),
+            "bytes": sum(f.size for f in files),
+            "fingerprint": hashlib.sha256(json.dumps(listing).encode()).hexdigest(),
+        },
+        rebuild=rebuild,
+    )
+
+
+def document_id(source: str, relpath: str, doc: RawDoc) -> str:
+    """Stable across reruns and re-shardings: the source's own id if it has one, else the position."""
+    key = f"{source}\0id\0{doc.native_id}" if doc.native_id else f"{source}\0{relpath}\0{doc.locator}"
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+
+def read_items(source: SourceConfig, path: Path, file: InputFile, limits: Limits) -> Iterator[Item]:
+    if isinstance(source, WarcSource):
+        return read_warc(path, limits)
+    if isinstance(source, JsonlSource):
+        return read_jsonl(path, limits, text_field=source.text_field, id_field=source.id_field,
+                          url_field=source.url_field, date_field=source.date_field,
+                          content_type=source.content_type)
+    url = source.base_url.rstrip("/") + "/" + file.relpath if source.base_url else None
+    return read_html_file(path, limits, url=url, charset=source.charset)
+
+
+@dataclass(frozen=True)
+class IngestJob:
+    """What a worker process needs to ingest one unit into an uncommitted artifact."""
+
+    source: SourceConfig
+    settings: IngestConfig
+    storage: StorageConfig
+    store: ObjectStore
+    prefix: str
+
+
+def new_counts() -> dict[str, Any]:
+    return {"files": 0, "bytes_in": 0, "records": 0, "documents": 0, "content_bytes": 0,
+            "quarantined": {}, "skipped": {}}
+
+
+def ingest_unit(job: IngestJob, unit: Unit) -> dict:
+    """Read a unit's files, write its document and quarantine shards, upload them; return its record."""
+    settings = job.settings
+    limits = Limits(int(settings.max_record_mb * MB), tuple(settings.html_content_types),
+                    settings.quarantine_sample_bytes)
+    counts = new_counts()
+    with tempfile.TemporaryDirectory(dir=settings.scratch_dir, prefix="ingest-") as scratch:
+        documents = ShardWriter(Path(scratch, "data"), unit.key, DOCUMENT_SCHEMA, max_bytes=settings.shard_max_mb * MB,
+                                max_rows=settings.shard_max_docs, compression_level=settings.compression_level,
+                                size_column="content")
+        quarantine = ShardWriter(Path(scratch, "quarantine"), unit.key, QUARANTINE_SCHEMA,
+                                 max_bytes=settings.shard_max_mb * MB, max_rows=settings.shard_max_docs,
+                                 compression_level=settings.compression_level, size_column="sample")
+        for file in unit.files:
+            counts["files"] += 1
+            counts["bytes_in"] += file.size
+            with local_copy(file, job.source.endpoint_url or job.storage.endpoint_url, job.storage,
+                            settings.scratch_dir) as path:
+                for item in read_items(job.source, path, file, limits):
+                    _route(item, job.source.name, file.relpath, documents, quarantine, counts)
+        files = []
+        for role, writer in (("documents", documents), ("quarantine", quarantine)):
+            for path, rows in writer.close():
+                relpath = f"{'data' if role == 'documents' else 'quarantine'}/{path.name}"
+                files.append(upload_file(job.store, job.prefix, relpath, path, role, rows=rows))
+    return {"unit": unit.key, "files": files, "counts": counts}
+
+
+def _route(item: Item, source: str, relpath: str, documents: ShardWriter, quarantine: ShardWriter,
+           counts: dict) -> None:
+    if isinstance(item, RawDoc):
+        counts["records"] += 1
+        counts["documents"] += 1
+        counts["content_bytes"] += len(item.content)
+        documents.add({
+            "id": document_id(source, relpath, item), "source": source, "url": item.url,
+            "fetch_date": item.fetch_date, "content_type": item.content_type, "charset": item.charset,
+            "content": item.content, "origin": f"{relpath}#{item.locator}",
+        })
+    elif isinstance(item, Reject):
+        counts["records"] += 1
+        counts["quarantined"][item.reason] = counts["quarantined"].get(item.reason, 0) + 1
+        quarantine.add({
+            "source": source, "origin": f"{relpath}#{item.locator}", "reason": item.reason,
+            "detail": item.detail, "size": item.size, "sample": item.sample,
+        })
+    else:
+        counts["skipped"][item.reason] = counts["skipped"].get(item.reason, 0) + 1
+
+
+def run_ingest(source: SourceConfig, settings: IngestConfig, storage: StorageConfig, store: ObjectStore,
+               spec: StageSpec, files: list[InputFile], progress: Callable[[str], None] = log.info) -> dict:
+    """Ingest one source into the artifact `spec` describes and commit it; returns the manifest."""
+    started = time.monotonic()
+    writer = ArtifactWriter(store, spec)
+    units = plan_units(source, files, settings)
+    records: dict[str, dict] = {}
+    for unit in units:
+        if (previous := writer.finished_unit(unit.key)) is not None:
+            records[unit.key] = previous
+    todo = [unit for unit in units if unit.key not in records]
+    progress(f"ingest[{source.name}]: {len(units)} units, {sum(u.size for u in units) / MB:.1f} MB; "
+             f"{len(records)} already done by an earlier attempt, {len(todo)} to do")
+    reporter = _Progress(source.name, len(units), len(records), progress, settings.progress_every_seconds)
+
+    def finished(unit: Unit, record: dict) -> None:
+        writer.finish_unit(unit.key, record)
+        records[unit.key] = record
+        reporter.unit_done(unit, record)
+
+    job = IngestJob(source, settings, storage, store, spec.prefix)
+    map_units(functools.partial(ingest_unit, job), todo, settings.workers, finished)
+    reporter.report(final=True)
+
+    counts = new_counts()
+    manifest_files: list[dict] = []
+    for key in sorted(records):
+        merge_counts(counts, records[key]["counts"])
+        manifest_files.extend(records[key]["files"])
+    with tempfile.TemporaryDirectory(dir=settings.scratch_dir) as scratch:
+        listing = Path(scratch, "inputs.jsonl")
+        listing.write_text("".join(
+            json.dumps({"path": f.relpath, "bytes": f.size, "fingerprint": f.fingerprint}) + "\n" for f in files
+        ))
+        manifest_files.append(writer.put_file("inputs.jsonl", listing, "inputs", rows=len(files)))
+    seconds = time.monotonic() - started
+    summary = {
+        "source": {"name": source.name, "kind": source.kind, "location": source.location},
+        "units": len(units),
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(counts["bytes_in"] / MB / seconds, 2) if seconds else None,
+        "docs_per_s": round(counts["documents"] / seconds, 1) if seconds else None,
+    }
+    return writer.commit(manifest_files, counts, summary=summary)
+
+
+class _Progress:
+    def __init__(self, name: str, total: int, done: int, emit: Callable[[str], None], every: float):
+        self.name, self.total, self.done, self.emit, self.every = name, total, done, emit, every
+        self.documents = self.bytes = 0
+        self.started = self.last = time.monotonic()
+
+    def unit_done(self, unit: Unit, record: dict) -> None:
+        self.done += 1
+        self.documents += record["counts"]["documents"]
+        self.bytes += unit.size
+        if time.monotonic() - self.last >= self.every:
+            self.report()
+
+    def report(self, final: bool = False) -> None:
+        self.last = time.monotonic()
+        rate = self.bytes / MB / max(self.last - self.started, 1e-9)
+        self.emit(f"ingest[{self.name}]: {self.done}/{self.total} units{' (done)' if final else ''}, "
+                  f"{self.documents} documents, {rate:.1f} MB/s")
+
+
+# ---------------------------------------------------------------------------------------------
+# The Prefect task
+
+
+@task(name="ingest", task_run_name="ingest[{source_name}]", cache_policy=NO_CACHE, persist_result=False)
+def ingest_task(ctx: RunContext, source_name: str) -> Any:
+    """Resolve the source's version from its files, then skip it (Cached) or ingest it."""
+    source = ctx.config.source(source_name)
+    files = list_inputs(source, ctx.config.storage, base_dir=ctx.base_dir)
+    spec = ingest_spec(source, files, ctx.config.ingest, rebuild=ctx.rebuild_token(f"{STAGE}/{source.name}"))
+    return execute_stage(
+        ctx, spec,
+        lambda emit: run_ingest(source, ctx.config.ingest, ctx.config.storage, ctx.store, spec, files, emit),
+    )

@@ -1,0 +1,123 @@
+"""What every stage task shares: the run context, skip-if-committed, and reporting to Prefect.
+
+A stage task computes its StageSpec (hence its version) and hands it here with a function that
+builds the artifact. If that version is committed, the task ends in Prefect's Cached state with a
+link to the artifact; otherwise it builds, commits, records the result in the run record and
+publishes a summary artifact in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.artifacts import MANIFEST, StageSpec, artifact_prefix, read_manifest
+from pipeline.config import PipelineConfig
+from pipeline.runs import RunRecorder
+from pipeline.storage import ObjectStore, join_key
+
+
+class StageNotSelected(RuntimeError):
+    """A stage outside `only` has no artifact for its current version, so nothing downstream can read it."""
+
+
+@dataclass
+class RunContext:
+    config: PipelineConfig
+    store: ObjectStore
+    base_dir: Path
+    run_id: str
+    recorder: RunRecorder
+    only: frozenset[str] | None = None
+    force: frozenset[str] = frozenset()
+
+    @staticmethod
+    def _named(artifact: str, names: frozenset[str]) -> bool:
+        return "all" in names or artifact in names or artifact.split("/")[0] in names
+
+    def selected(self, artifact: str) -> bool:
+        return self.only is None or self._named(artifact, self.only)
+
+    def rebuild_token(self, artifact: str) -> str | None:
+        """A forced stage gets a new version salted with this run's id (artifacts are never overwritten)."""
+        return f"run:{self.run_id}" if self._named(artifact, self.force) else None
+
+
+def stage_result(manifest: dict, status: str) -> dict[str, Any]:
+    return {
+        "stage": manifest["stage"],
+        "artifact": manifest["artifact"],
+        "version": manifest["version"],
+        "uri": manifest["uri"],
+        "status": status,
+        "counts": manifest.get("counts", {}),
+    }
+
+
+def execute_stage(ctx: RunContext, spec: StageSpec, build: Callable[[Callable[[str], None]], dict]) -> Any:
+    from prefect.logging import get_run_logger
+    from prefect.states import Completed
+
+    logger = get_run_logger()
+    existing = read_manifest(ctx.store, spec.artifact, spec.version)
+    if existing is not None:
+        result = stage_result(existing, "cached")
+        ctx.recorder.stage(spec.artifact, result)
+        logger.info("%s: version %s already committed at %s; skipped", spec.artifact, spec.version, existing["uri"])
+        publish(ctx, existing, result)
+        return Completed(name="Cached", data=result, message=f"artifact {spec.artifact}@{spec.version} exists")
+    if not ctx.selected(spec.artifact):
+        message = (
+            f"{spec.artifact}: not selected by `only` and its version {spec.version} does not exist at "
+            f"{ctx.store.uri(spec.prefix)}; add it to `only` or drop `only`"
+        )
+        ctx.recorder.stage_failed(spec.artifact, message)
+        raise StageNotSelected(message)
+    logger.info("%s: building version %s at %s", spec.artifact, spec.version, ctx.store.uri(spec.prefix))
+    try:
+        manifest = build(logger.info)
+    except Exception as exc:
+        ctx.recorder.stage_failed(spec.artifact, f"{type(exc).__name__}: {exc}")
+        raise
+    result = stage_result(manifest, "executed")
+    ctx.recorder.stage(spec.artifact, result)
+    publish(ctx, manifest, result)
+    return result
+
+
+def publish(ctx: RunContext, manifest: dict, result: dict) -> None:
+    """A markdown summary in the Prefect UI: counts, removals by reason, and where the artifact is."""
+    from prefect.artifacts import create_markdown_artifact
+
+    key = re.sub(r"[^a-z0-9-]+", "-", manifest["artifact"].lower()).strip("-")
+    link = ctx.store.http_link(join_key(artifact_prefix(manifest["artifact"], manifest["version"]), MANIFEST))
+    create_markdown_artifact(key=key, markdown=summary_markdown(manifest, result["status"], link),
+                             description=f"{manifest['artifact']} @ {manifest['version']}")
+
+
+def summary_markdown(manifest: dict, status: str, link: str | None) -> str:
+    counts = manifest.get("counts", {})
+    lines = [
+        f"### {manifest['artifact']} — {status}",
+        "",
+        f"- version: `{manifest['version']}`",
+        f"- artifact: `{manifest['uri']}`",
+        f"- manifest: {f'[manifest.json]({link})' if link else '`' + manifest['uri'] + '/manifest.json`'}",
+        "",
+        "| counter | value |",
+        "|---|---:|",
+    ]
+    for name, value in counts.items():
+        if not isinstance(value, dict):
+            lines.append(f"| {name} | {value:,} |")
+    for group, reasons in counts.items():
+        if isinstance(reasons, dict):
+            for reason, value in sorted(reasons.items()):
+                lines.append(f"| {group}: {reason} | {value:,} |")
+    summary = manifest.get("summary", {})
+    if summary.get("seconds") is not None:
+        lines += ["", f"Built in {summary['seconds']} s ({summary.get('mb_per_s')} MB/s, "
+                      f"{summary.get('docs_per_s')} docs/s)."]
+    return "\n".join(lines)
