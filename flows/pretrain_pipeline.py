@@ -73,6 +73,8 @@ def pretrain_pipeline(
 
     failed = {name: state.message for name, state in states.items() if not state.is_completed()}
     if failed:
+        for name, message in failed.items():
+            recorder.stage_failed(name, message or "failed")
         recorder.finish("failed")
         raise PipelineFailed(f"stage(s) failed: {', '.join(sorted(failed))}; run record: {store.uri(recorder.key)}")
     record = recorder.finish("completed")

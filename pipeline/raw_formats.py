@@ -99,14 +99,18 @@ def read_warc(path: Path, limits: Limits) -> Iterator[Item]:
     seen = 0
     last_start = 0
     with open(path, "rb") as handle:
-        try:
-            for record in ArchiveIterator(handle, parse_http=True):
-                seen += 1
-                last_start = record.stream_pos
-                yield from _warc_record(record, WarcRecordType, limits)
-        except Exception as exc:  # a corrupt stream must not end the run: keep what came before
-            yield Reject(f"offset={last_start}", "corrupt_file", f"{type(exc).__name__}: {exc}", size)
-            return
+        records = iter(ArchiveIterator(handle, parse_http=True))
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                break
+            except Exception as exc:  # a corrupt stream must not end the run: keep what came before
+                yield Reject(f"offset={last_start}", "corrupt_file", f"{type(exc).__name__}: {exc}", size)
+                return
+            seen += 1
+            last_start = record.stream_pos
+            yield from _warc_record(record, WarcRecordType, limits)
     damage = _tail_damage(path, last_start, size)
     if damage:
         yield Reject(f"offset={last_start}", "truncated_file", damage, size)
@@ -118,7 +122,7 @@ def _warc_record(record, types, limits: Limits) -> Iterator[Item]:
     locator = f"offset={record.stream_pos}"
     kind = record.record_type
     if kind not in (types.response, types.resource):
-        yield Skip(f"warc_{kind.name}_record")
+        yield Skip(f"warc_{kind}_record")
         return
     url = record.headers.get("WARC-Target-URI")
     if record.content_length > limits.max_record_bytes:

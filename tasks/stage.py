@@ -73,14 +73,9 @@ def execute_stage(ctx: RunContext, spec: StageSpec, build: Callable[[Callable[[s
             f"{spec.artifact}: not selected by `only` and its version {spec.version} does not exist at "
             f"{ctx.store.uri(spec.prefix)}; add it to `only` or drop `only`"
         )
-        ctx.recorder.stage_failed(spec.artifact, message)
         raise StageNotSelected(message)
     logger.info("%s: building version %s at %s", spec.artifact, spec.version, ctx.store.uri(spec.prefix))
-    try:
-        manifest = build(logger.info)
-    except Exception as exc:
-        ctx.recorder.stage_failed(spec.artifact, f"{type(exc).__name__}: {exc}")
-        raise
+    manifest = build(logger.info)
     result = stage_result(manifest, "executed")
     ctx.recorder.stage(spec.artifact, result)
     publish(ctx, manifest, result)

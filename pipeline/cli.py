@@ -1,0 +1,255 @@
+"""`pretrain-pipeline`: run the flow, validate the config, browse artifacts, runs and refs, drive the stack.
+
+    pretrain-pipeline validate [-c pipeline.yaml] [--set KEY=VALUE ...]
+    pretrain-pipeline run      [-c ...] [--set ...] [--only STAGE ...] [--force STAGE ...]
+    pretrain-pipeline artifacts list | show ARTIFACT [VERSION] | quarantine ARTIFACT [VERSION]
+    pretrain-pipeline runs list | show RUN_ID
+    pretrain-pipeline refs show NAME | history NAME | set NAME ARTIFACT VERSION
+    pretrain-pipeline stack up | down | status
+    pretrain-pipeline demo [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .artifacts import fetch_verified, files_with_role, list_artifacts, list_versions, read_manifest
+from .config import ConfigError, PipelineConfig, load_config, parse_overrides
+from .runs import get_ref, list_runs, read_run, ref_history, set_ref
+from .storage import open_store
+
+
+def _config(args) -> PipelineConfig:
+    return load_config(args.config, args.set)
+
+
+def _store(args):
+    return open_store(_config(args).storage, ensure=False)
+
+
+def _resolve_version(store, artifact: str, version: str | None) -> dict:
+    if version in (None, "latest"):
+        versions = list_versions(store, artifact)
+        if not versions:
+            raise SystemExit(f"no committed version of {artifact} in {store.uri()}")
+        return versions[-1]
+    manifest = read_manifest(store, artifact, version)
+    if manifest is None:
+        raise SystemExit(f"{artifact}@{version} is not committed in {store.uri()}")
+    return manifest
+
+
+def cmd_validate(args) -> int:
+    config = _config(args)
+    print(f"{args.config}: valid ({len(config.sources)} sources: {', '.join(s.name for s in config.sources)})")
+    return 0
+
+
+def cmd_run(args) -> int:
+    _config(args)  # fail fast, before Prefect starts, on an invalid config or override
+    from flows.pretrain_pipeline import pretrain_pipeline
+
+    result = pretrain_pipeline(config_path=args.config, overrides=parse_overrides(args.set) or None,
+                               only=args.only, force=args.force)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_artifacts(args) -> int:
+    store = _store(args)
+    if args.action == "list":
+        for name in list_artifacts(store):
+            for manifest in list_versions(store, name):
+                counts = manifest.get("counts", {})
+                print(f"{name:32} {manifest['version']}  {manifest['build'].get('committed_at', '')}  "
+                      f"documents={counts.get('documents', '-')}  {manifest['uri']}")
+        return 0
+    manifest = _resolve_version(store, args.artifact, args.version)
+    if args.action == "show":
+        print(json.dumps(manifest, indent=2))
+        return 0
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as scratch:
+        for entry in files_with_role(manifest, "quarantine"):
+            table = pq.read_table(fetch_verified(store, manifest, entry, Path(scratch)),
+                                  columns=["origin", "reason", "detail", "size"])
+            for row in table.to_pylist():
+                print(f"{row['reason']:20} {row['origin']:50} {row['size'] or 0:>10}  {row['detail']}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    store = _store(args)
+    if args.action == "list":
+        for run in list_runs(store):
+            print(f"{run['run_id']}  {run['status']:9} attempt {run['attempt']}  {run['started_at']}  "
+                  f"{len(run['stages'])} stages")
+        return 0
+    run = read_run(store, args.run_id)
+    if run is None:
+        raise SystemExit(f"no run record {args.run_id} in {store.uri('runs')}")
+    print(f"run {run['run_id']} ({run['flow']}): {run['status']}, attempt {run['attempt']}, "
+          f"started {run['started_at']}, finished {run['finished_at']}")
+    print(f"parameters: {json.dumps(run['parameters'])}")
+    print("lineage:")
+    for artifact, stage in sorted(run["stages"].items()):
+        print(f"  {artifact:30} {stage.get('status', ''):9} {stage.get('version', ''):22} {stage.get('uri', '')}")
+        manifest = read_manifest(store, artifact, stage["version"]) if stage.get("version") else None
+        if manifest:
+            print(f"  {'':30} inputs: {json.dumps(manifest['inputs'])}")
+        if stage.get("error"):
+            print(f"  {'':30} error: {stage['error']}")
+    if args.config_too:
+        print(json.dumps(run["config"], indent=2))
+    return 0
+
+
+def cmd_refs(args) -> int:
+    store = _store(args)
+    if args.action == "show":
+        print(json.dumps(get_ref(store, args.name), indent=2))
+    elif args.action == "history":
+        for entry in ref_history(store, args.name):
+            print(json.dumps(entry))
+    else:
+        manifest = _resolve_version(store, args.artifact, args.version)
+        print(json.dumps(set_ref(store, args.name, {"artifact": manifest["artifact"],
+                                                    "version": manifest["version"], "uri": manifest["uri"]}), indent=2))
+    return 0
+
+
+def cmd_stack(args) -> int:
+    from . import stack
+
+    directory = Path(args.dir)
+    if args.action == "up":
+        running = stack.up(directory, s3_port=args.s3_port, prefect_port=args.prefect_port)
+        print(f"Prefect UI:   {running.ui_url}\nS3 endpoint:  {running.s3.endpoint_url}\n"
+              f"Environment:  source {directory / 'env'}   (credentials and PREFECT_API_URL)\n"
+              f"Run:          prefect deployment run 'pretrain-pipeline/full'")
+    elif args.action == "down":
+        stack.down(directory)
+    else:
+        running = stack.load_stack(directory)
+        print(json.dumps({"running": running is not None, "ui": running.ui_url if running else None,
+                          "s3": running.s3.endpoint_url if running else None}, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from . import stack
+
+    directory = Path(args.dir)
+    running = stack.up(directory, s3_port=args.s3_port, prefect_port=args.prefect_port)
+    env = {**os.environ, **running.env(), **stack.prefect_env(directory / "prefect")}
+    try:
+        print(f"\n== running deployment pretrain-pipeline/full (watch it at {running.ui_url}) ==", flush=True)
+        overrides = json.dumps({"overrides": {"storage.endpoint_url": running.s3.endpoint_url}})
+        result = subprocess.run(
+            [stack._bin("prefect"), "deployment", "run", "pretrain-pipeline/full", "--params", overrides,
+             "--watch", "--watch-timeout", str(args.timeout)],
+            env=env, capture_output=False, text=True,
+        )
+        os.environ.update(running.env())
+        config = load_config(args.config, [f"storage.endpoint_url={running.s3.endpoint_url}"])
+        store = open_store(config.storage, ensure=False)
+        runs = list_runs(store)
+        if not runs:
+            print("no run record was written; see the worker log:", directory / "worker.log")
+            return 1
+        run = runs[-1]
+        print(f"\n== run {run['run_id']}: {run['status']} ==")
+        print(f"Prefect UI:  {running.ui_url}/runs/flow-run/{run['run_id']}")
+        print(f"Run record:  {store.uri('runs/' + run['run_id'] + '.json')}")
+        for artifact, stage in sorted(run["stages"].items()):
+            print(f"{artifact:22} {stage['status']:9} {stage.get('uri', stage.get('error', ''))}")
+            if stage.get("version"):
+                manifest = read_manifest(store, artifact, stage["version"])
+                print(f"{'':22} manifest: {manifest['uri']}/manifest.json")
+                print(f"{'':22} counts:   {json.dumps(manifest['counts'])}")
+        print(f"\nBrowse: `make up`, then open {running.ui_url}; `. {directory / 'env'}` and "
+              f"`.venv/bin/pretrain-pipeline artifacts list` or `... runs show {run['run_id']}`.")
+        return 0 if result.returncode == 0 and run["status"] == "completed" else 1
+    finally:
+        if not args.keep:
+            stack.down(directory)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import stack
+
+    parser = argparse.ArgumentParser(prog="pretrain-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p):
+        p.add_argument("-c", "--config", default="pipeline.yaml", help="pipeline.yaml to use")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key for this command, e.g. --set ingest.workers=4")
+        return p
+
+    with_config(sub.add_parser("validate", help="validate pipeline.yaml (and overrides)")).set_defaults(fn=cmd_validate)
+    run = with_config(sub.add_parser("run", help="run the pretrain-pipeline flow here"))
+    run.add_argument("--only", action="append", help="execute only this stage (repeatable)")
+    run.add_argument("--force", action="append", help="rebuild this stage as a new version (repeatable)")
+    run.set_defaults(fn=cmd_run)
+
+    artifacts = with_config(sub.add_parser("artifacts", help="list artifacts, show a manifest or a quarantine"))
+    artifacts.add_argument("action", choices=["list", "show", "quarantine"])
+    artifacts.add_argument("artifact", nargs="?", help="e.g. ingest/web")
+    artifacts.add_argument("version", nargs="?", help="a version or 'latest' (default)")
+    artifacts.set_defaults(fn=cmd_artifacts)
+
+    runs = with_config(sub.add_parser("runs", help="list run records or show a run's lineage"))
+    runs.add_argument("action", choices=["list", "show"])
+    runs.add_argument("run_id", nargs="?")
+    runs.add_argument("--config-too", action="store_true", help="also print the run's effective config")
+    runs.set_defaults(fn=cmd_runs)
+
+    refs = with_config(sub.add_parser("refs", help="movable names pointing at artifact versions"))
+    refs.add_argument("action", choices=["show", "history", "set"])
+    refs.add_argument("name")
+    refs.add_argument("artifact", nargs="?")
+    refs.add_argument("version", nargs="?")
+    refs.set_defaults(fn=cmd_refs)
+
+    for name, fn, help_text in (("stack", cmd_stack, "the local stack: SeaweedFS, Prefect server and worker"),
+                                ("demo", cmd_demo, "start the stack, run pretrain-pipeline/full, print where to look")):
+        p = sub.add_parser(name, help=help_text)
+        if name == "stack":
+            p.add_argument("action", choices=["up", "down", "status"])
+        else:
+            p.add_argument("-c", "--config", default="pipeline.yaml")
+            p.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+            p.add_argument("--timeout", type=int, default=3600)
+        p.add_argument("--dir", default=str(stack.DEFAULT_DIR), help="where the stack keeps its data")
+        p.add_argument("--s3-port", type=int, default=stack.DEFAULT_S3_PORT)
+        p.add_argument("--prefect-port", type=int, default=stack.DEFAULT_PREFECT_PORT)
+        p.set_defaults(fn=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "action", None) in ("show", "quarantine") and args.command == "artifacts" and not args.artifact:
+        raise SystemExit("artifacts show/quarantine need an ARTIFACT, e.g. ingest/web")
+    if args.command == "runs" and args.action == "show" and not args.run_id:
+        raise SystemExit("runs show needs a RUN_ID (see `runs list`)")
+    if args.command == "refs" and args.action == "set" and not args.artifact:
+        raise SystemExit("refs set needs NAME ARTIFACT [VERSION]")
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The pretrain-pipeline flow under Prefect's test harness, writing to a real SeaweedFS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pipeline.artifacts import list_versions, read_manifest
+from pipeline.config import ConfigError, load_config
+from pipeline.sources import list_inputs
+from pipeline.runs import read_run
+from pipeline.storage import S3Store
+from tasks.ingest import ingest_spec
+from tests.conftest import REPO
+from tests.flows.helpers import write_config, write_jsonl, write_warc
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def bucket(seaweed) -> str:
+    name = "flow-" + uuid.uuid4().hex[:12]
+    S3Store(name, "t", endpoint_url=seaweed.endpoint_url).ensure_bucket()
+    return name
+
+
+@pytest.fixture
+def inputs(tmp_path) -> Path:
+    write_warc(tmp_path / "in" / "web" / "a.warc.gz", pages=6, seed=1)
+    write_warc(tmp_path / "in" / "web" / "b.warc.gz", pages=4, seed=2)
+    write_jsonl(tmp_path / "in" / "docs" / "d.jsonl", [{"id": "1", "text": "first document"}, "{not json",
+                                                          {"id": "2", "text": "second document"}])
+    return tmp_path / "in"
+
+
+def _sources(inputs: Path) -> list[dict]:
+    return [{"name": "web", "kind": "warc", "location": str(inputs / "web")},
+            {"name": "docs", "kind": "jsonl", "location": str(inputs / "docs"), "id_field": "id"}]
+
+
+def _task_state_names(flow_run_id) -> dict[str, str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name: run.state.name for run in runs}
+
+
+def test_flow_builds_each_source_then_skips_them_as_cached(tmp_path, seaweed, bucket, inputs):
+    from flows.pretrain_pipeline import pretrain_pipeline
+
+    config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=_sources(inputs))
+    first = pretrain_pipeline(config_path=str(config), return_state=True)
+    assert first.is_completed(), first.message
+    result = first.result()
+    assert {s["status"] for s in result["stages"].values()} == {"executed"}
+    assert _task_state_names(first.state_details.flow_run_id) == {"ingest[web]": "Completed",
+                                                                   "ingest[docs]": "Completed"}
+    store = S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url)
+    web = read_manifest(store, "ingest/web", result["stages"]["ingest/web"]["version"])
+    assert web["counts"]["documents"] == 10 and web["counts"]["skipped"] == {"warc_request_record": 10}
+    docs = read_manifest(store, "ingest/docs", result["stages"]["ingest/docs"]["version"])
+    assert docs["counts"]["documents"] == 2 and docs["counts"]["quarantined"] == {"invalid_json": 1}
+
+    second = pretrain_pipeline(config_path=str(config), return_state=True)
+    assert second.is_completed()
+    again = second.result()
+    assert {s["status"] for s in again["stages"].values()} == {"cached"}
+    assert {k: s["version"] for k, s in again["stages"].items()} == \
+        {k: s["version"] for k, s in result["stages"].items()}
+    assert set(_task_state_names(second.state_details.flow_run_id).values()) == {"Cached"}
+    record = read_run(store, str(second.state_details.flow_run_id))
+    assert record["status"] == "completed" and record["config"]["storage"]["bucket"] == bucket
+    assert "AWS_SECRET_ACCESS_KEY" not in str(record) and os.environ["AWS_SECRET_ACCESS_KEY"] not in str(record)
+    assert len(list_versions(store, "ingest/web")) == 1
+
+
+def test_changed_source_is_reingested_and_unchanged_one_skipped(tmp_path, seaweed, bucket, inputs):
+    from flows.pretrain_pipeline import pretrain_pipeline
+
+    config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=_sources(inputs))
+    first = pretrain_pipeline(config_path=str(config))
+    write_warc(inputs / "web" / "c.warc.gz", pages=3, seed=3)
+    second = pretrain_pipeline(config_path=str(config))
+    assert second["stages"]["ingest/web"]["status"] == "executed"
+    assert second["stages"]["ingest/web"]["version"] != first["stages"]["ingest/web"]["version"]
+    assert second["stages"]["ingest/web"]["counts"]["documents"] == 13
+    assert second["stages"]["ingest/docs"]["status"] == "cached"
+
+
+def test_only_and_force(tmp_path, seaweed, bucket, inputs):
+    from flows.pretrain_pipeline import pretrain_pipeline
+
+    config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=_sources(inputs))
+    only_web = pretrain_pipeline(config_path=str(config), only=["ingest/web"], return_state=True)
+    # docs is outside `only` and has no artifact yet: the run says so instead of building it.
+    assert only_web.is_failed()
+    record = read_run(S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url), str(only_web.state_details.flow_run_id))
+    assert record["stages"]["ingest/web"]["status"] == "executed"
+    assert "not selected by `only`" in record["stages"]["ingest/docs"]["error"]
+
+    built = pretrain_pipeline(config_path=str(config))
+    forced = pretrain_pipeline(config_path=str(config), force=["ingest/web"])
+    assert forced["stages"]["ingest/web"]["status"] == "executed"
+    assert forced["stages"]["ingest/web"]["version"] != built["stages"]["ingest/web"]["version"]
+    assert forced["stages"]["ingest/docs"]["status"] == "cached"
+
+    with pytest.raises(ConfigError, match=r"unknown stage\(s\) \['ingest/nope'\]"):
+        pretrain_pipeline(config_path=str(config), only=["ingest/nope"])
+
+
+def test_invalid_config_fails_before_any_work(tmp_path, seaweed, bucket, inputs):
+    from flows.pretrain_pipeline import pretrain_pipeline
+
+    config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=_sources(inputs))
+    with pytest.raises(ConfigError, match=r"ingest\.workers: Input should be greater than or equal to 1"):
+        pretrain_pipeline(config_path=str(config), overrides={"ingest.workers": 0})
+    with pytest.raises(ConfigError, match=r"sources\.1\.text_feild: unknown key; allowed keys here: .*text_field"):
+        pretrain_pipeline(config_path=str(config), overrides={"sources.docs.text_feild": "body"})
+    store = S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url)
+    assert list(store.list("")) == []
+
+
+def test_failed_source_reruns_alone_after_the_fix(tmp_path, seaweed, bucket, inputs):
+    """A stage fails (its input is not there yet); the rerun re-executes only it, the rest is Cached."""
+    from flows.pretrain_pipeline import pretrain_pipeline
+
+    sources = _sources(inputs) + [{"name": "late", "kind": "warc", "location": f"s3://{bucket}/incoming/"}]
+    config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=sources)
+    failed = pretrain_pipeline(config_path=str(config), return_state=True)
+    assert failed.is_failed()
+    store = S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url)
+    first = read_run(store, str(failed.state_details.flow_run_id))
+    assert first["status"] == "failed" and "no input files" in first["stages"]["ingest/late"]["error"]
+
+    late = write_warc(tmp_path / "late.warc.gz", pages=2, seed=9)
+    store.client.upload_file(str(late), bucket, "incoming/late.warc.gz")
+    rerun = pretrain_pipeline(config_path=str(config))
+    assert rerun["stages"]["ingest/late"]["status"] == "executed"
+    for name in ("ingest/web", "ingest/docs"):
+        assert rerun["stages"][name]["status"] == "cached"
+        assert rerun["stages"][name]["version"] == first["stages"][name]["version"]
+
+
+def _run_cli(config: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "-c", str(config)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, seaweed, bucket):
+    """SIGKILL the whole run during ingest; the next run finishes the missing units only, and the
+    artifact equals (version and data bytes) the one of a run that was never interrupted."""
+    from prefect.settings import PREFECT_API_URL
+
+    for index in range(10):
+        write_warc(tmp_path / "in" / f"w{index}.warc.gz", pages=300, seed=index, words_per_page=2000)
+    sources = [{"name": "web", "kind": "warc", "location": str(tmp_path / "in")}]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    killed = write_config(tmp_path / "killed.yaml", endpoint=seaweed.endpoint_url, bucket=bucket,
+                          sources=sources, prefix="killed")
+    clean = write_config(tmp_path / "clean.yaml", endpoint=seaweed.endpoint_url, bucket=bucket,
+                         sources=sources, prefix="clean")
+    store = S3Store(bucket, "killed", endpoint_url=seaweed.endpoint_url)
+    source = load_config(killed).sources[0]
+    spec = ingest_spec(source, list_inputs(source, load_config(killed).storage), load_config(killed).ingest)
+
+    process = _run_cli(killed, env)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if list(store.list(spec.prefix + "/parts/")):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed:\n" + process.stdout.read()
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not [key for key in store.list("artifacts/") if key.endswith("manifest.json")]
+
+    resumed = _run_cli(killed, env)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "already done by an earlier attempt" in output and " 0 already done" not in output
+    uninterrupted = _run_cli(clean, env)
+    output, _ = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, output
+
+    [resumed_manifest] = list_versions(store, "ingest/web")
+    [clean_manifest] = list_versions(S3Store(bucket, "clean", endpoint_url=seaweed.endpoint_url), "ingest/web")
+    assert resumed_manifest["version"] == clean_manifest["version"]
+    assert [(f["path"], f["sha256"]) for f in resumed_manifest["files"]] == \
+        [(f["path"], f["sha256"]) for f in clean_manifest["files"]]
+    assert resumed_manifest["counts"] == clean_manifest["counts"]
