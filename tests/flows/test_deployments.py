@@ -1,0 +1,97 @@
+"""The local stack end to end: `prefect deployment run pretrain-pipeline/full` through a real Prefect
+server and worker, writing to a real SeaweedFS; and a failed run retried with `prefect flow-run retry`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from pipeline import stack as local_stack
+from pipeline.runs import read_run
+from pipeline.seaweed import free_port_block
+from pipeline.storage import S3Store
+from tests.conftest import REPO
+from tests.flows.helpers import sample_sources, write_warc
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s3_port, prefect_port = free_port_block(2)
+    directory = tmp_path_factory.mktemp("stack")
+    running = local_stack.up(directory, s3_port=s3_port, prefect_port=prefect_port)
+    yield running
+    local_stack.down(directory)
+
+
+def _prefect(stack, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    env = {**os.environ, **stack.env()}
+    return subprocess.run([local_stack._bin("prefect"), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _store(stack, bucket: str) -> S3Store:
+    os.environ.update(stack.s3.env())
+    store = S3Store(bucket, "demo", endpoint_url=stack.s3.endpoint_url)
+    store.ensure_bucket()
+    return store
+
+
+def _run_deployment(stack, overrides: dict) -> tuple[subprocess.CompletedProcess, str]:
+    result = _prefect(stack, "deployment", "run", "pretrain-pipeline/full", "--params",
+                      json.dumps({"overrides": overrides}), "--watch", "--watch-timeout", "300")
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", result.stdout)
+    assert match, result.stdout + result.stderr
+    return result, match.group(1)
+
+
+def test_deployment_run_completes_and_writes_artifacts(stack):
+    bucket = "deploy-" + uuid.uuid4().hex[:10]
+    store = _store(stack, bucket)
+    result, run_id = _run_deployment(stack, {"storage.endpoint_url": stack.s3.endpoint_url, "storage.bucket": bucket})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Completed" in result.stdout
+    record = read_run(store, run_id)
+    assert record["status"] == "completed"
+    assert set(record["stages"]) == {f"ingest/{source['name']}" for source in sample_sources()}
+    for stage in record["stages"].values():
+        assert stage["status"] == "executed" and stage["counts"]["documents"] > 0
+        assert store.exists(stage["uri"].split(f"s3://{bucket}/demo/", 1)[1] + "/manifest.json")
+
+
+def test_retry_of_a_failed_run_reexecutes_only_the_failed_stage(stack, tmp_path):
+    bucket = "retry-" + uuid.uuid4().hex[:10]
+    store = _store(stack, bucket)
+    sources = sample_sources() + [{"name": "late", "kind": "warc", "location": f"s3://{bucket}/incoming/"}]
+    overrides = {"storage.endpoint_url": stack.s3.endpoint_url, "storage.bucket": bucket, "sources": sources}
+    result, run_id = _run_deployment(stack, overrides)
+    assert result.returncode != 0 and "Failed" in result.stdout, result.stdout
+    first = read_run(store, run_id)
+    assert first["status"] == "failed" and first["stages"]["ingest/late"]["status"] == "failed"
+    built = {name: stage["version"] for name, stage in first["stages"].items() if name != "ingest/late"}
+    assert all(first["stages"][name]["status"] == "executed" for name in built)
+
+    store.client.upload_file(str(write_warc(tmp_path / "late.warc.gz", pages=3, seed=5)), bucket,
+                             "incoming/late.warc.gz")
+    retry = _prefect(stack, "flow-run", "retry", run_id)
+    assert retry.returncode == 0, retry.stdout + retry.stderr
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        second = read_run(store, run_id)
+        if second["attempt"] == 2 and second["status"] != "running":
+            break
+        time.sleep(1)
+    inspect = _prefect(stack, "flow-run", "inspect", run_id)
+    assert re.search(r"type=StateType.COMPLETED|'type': 'COMPLETED'|COMPLETED", inspect.stdout), inspect.stdout
+    assert second["status"] == "completed" and second["attempt"] == 2
+    assert second["stages"]["ingest/late"]["status"] == "executed"
+    assert second["stages"]["ingest/late"]["attempt"] == 2
+    for name, version in built.items():
+        assert second["stages"][name] == {**second["stages"][name], "status": "cached", "version": version}
