@@ -197,3 +197,45 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, seaweed, 
     assert [(f["path"], f["sha256"]) for f in resumed_manifest["files"]] == \
         [(f["path"], f["sha256"]) for f in clean_manifest["files"]]
     assert resumed_manifest["counts"] == clean_manifest["counts"]
+
+
+def test_a_corpus_of_broken_records_completes_with_every_record_counted(tmp_path, seaweed, bucket):
+    from flows.pretrain_pipeline import pretrain_pipeline
+
+    good = write_warc(tmp_path / "in" / "web" / "good.warc.gz", pages=4, seed=1).read_bytes()
+    (tmp_path / "in" / "web" / "truncated.warc.gz").write_bytes(good[: int(len(good) * 0.8)])
+    (tmp_path / "in" / "web" / "empty.warc.gz").write_bytes(b"")
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    write_binary_page(tmp_path / "in" / "web" / "binary.warc.gz", png)
+    docs = tmp_path / "in" / "docs"
+    docs.mkdir(parents=True)
+    (docs / "mixed.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9 latin-1 bytes"}\n{"text": oops}\n')
+    (docs / "empty.jsonl").write_bytes(b"")
+    sources = [{"name": "web", "kind": "warc", "location": str(tmp_path / "in" / "web")},
+               {"name": "docs", "kind": "jsonl", "location": str(docs)}]
+    config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=sources)
+
+    result = pretrain_pipeline(config_path=str(config))
+    web = result["stages"]["ingest/web"]["counts"]
+    assert web["quarantined"] == {"truncated_file": 1, "empty_file": 1, "binary_payload": 1}
+    # 4 pages from the good file, and the truncated copy keeps the 1-3 pages before the damage
+    assert 5 <= web["documents"] <= 7
+    assert web["records"] == web["documents"] + sum(web["quarantined"].values())
+    docs_counts = result["stages"]["ingest/docs"]["counts"]
+    assert docs_counts["documents"] == 1
+    assert docs_counts["quarantined"] == {"invalid_utf8": 1, "invalid_json": 1, "empty_file": 1}
+
+
+def write_binary_page(path: Path, payload: bytes) -> Path:
+    """A WARC whose single response claims text/html but carries image bytes."""
+    import io
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as handle:
+        writer = WARCWriter(handle, gzip=True)
+        headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
+        writer.write_record(writer.create_warc_record("https://example.org/logo", "response",
+                                                      payload=io.BytesIO(payload), http_headers=headers))
+    return path
