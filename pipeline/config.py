@@ -230,7 +230,7 @@ def _list_index(node: list, part: str, where: str) -> int:
 
 def format_error(err: dict[str, Any]) -> str:
     """One pydantic error as `dotted.path: problem (allowed: ...)`."""
-    loc = [part for part in err["loc"] if not (isinstance(part, str) and part in SOURCE_KINDS)]
+    loc = [part for index, part in enumerate(err["loc"]) if not _is_kind_tag(err["loc"], index)]
     path = ".".join(str(part) for part in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -246,12 +246,18 @@ def format_error(err: dict[str, Any]) -> str:
     return f"{path}: {message} (got {err.get('input')!r})"
 
 
+def _is_kind_tag(loc: tuple, index: int) -> bool:
+    """pydantic puts the union tag in the path of a source's errors: sources.0.<kind>.field."""
+    return index >= 2 and loc[index - 2] == "sources" and isinstance(loc[index - 1], int) \
+        and loc[index] in SOURCE_KINDS
+
+
 def _allowed_keys(loc: tuple) -> list[str]:
     model: Any = PipelineConfig
-    for part in loc:
+    for index, part in enumerate(loc):
         if isinstance(part, int):
             continue
-        if isinstance(part, str) and part in SOURCE_KINDS:
+        if _is_kind_tag(loc, index):
             model = SOURCE_KINDS[part]
             continue
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None

@@ -12,7 +12,6 @@ and the damage itself is a Reject. Memory is bounded by the largest accepted rec
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import io
 import json
 import zlib
@@ -98,6 +97,9 @@ def read_warc(path: Path, limits: Limits) -> Iterator[Item]:
         return
     seen = 0
     last_start = 0
+    # The items of the last record are held back until the next record (or the tail check) shows
+    # that the record was complete: FastWARC yields a record cut short by truncation as if whole.
+    held: list[Item] = []
     with open(path, "rb") as handle:
         records = iter(ArchiveIterator(handle, parse_http=True))
         while True:
@@ -106,12 +108,18 @@ def read_warc(path: Path, limits: Limits) -> Iterator[Item]:
             except StopIteration:
                 break
             except Exception as exc:  # a corrupt stream must not end the run: keep what came before
+                yield from held
                 yield Reject(f"offset={last_start}", "corrupt_file", f"{type(exc).__name__}: {exc}", size)
                 return
+            yield from held
             seen += 1
             last_start = record.stream_pos
-            yield from _warc_record(record, WarcRecordType, limits)
-    damage = _tail_damage(path, last_start, size)
+            held = list(_warc_record(record, WarcRecordType, limits))
+    damage, last_record_whole = _tail_damage(path, last_start, size)
+    if damage and not last_record_whole:
+        yield Reject(f"offset={last_start}", "truncated_file", f"the record is cut short: {damage}", size)
+        return
+    yield from held
     if damage:
         yield Reject(f"offset={last_start}", "truncated_file", damage, size)
     elif seen == 0:
@@ -139,7 +147,7 @@ def _warc_record(record, types, limits: Limits) -> Iterator[Item]:
             yield Skip(f"http_status_{status // 100}xx")
             return
         mime = (record.http_content_type or "").lower()
-        charset = record.http_charset
+        charset = _clean_charset(record.http_charset)
     else:
         declared = record.headers.get("Content-Type") or ""
         mime = declared.split(";")[0].strip().lower()
@@ -160,17 +168,22 @@ def _warc_record(record, types, limits: Limits) -> Iterator[Item]:
 def _charset_param(content_type: str) -> str | None:
     for param in content_type.split(";")[1:]:
         key, _, value = param.partition("=")
-        if key.strip().lower() == "charset" and value.strip():
-            return value.strip().strip("\"'").lower()
+        if key.strip().lower() == "charset":
+            return _clean_charset(value)
     return None
 
 
-def _tail_damage(path: Path, last_start: int, size: int) -> str | None:
-    """Why the file ends badly after the last record read, or None if it ends cleanly.
+def _clean_charset(value: str | None) -> str | None:
+    cleaned = (value or "").strip().strip("\"'").strip().lower()
+    return cleaned or None
 
-    FastWARC stops silently at a truncated record, so the tail is checked here: for gzip, every
-    member from the last good record to the end of the file must decompress completely; for plain
-    WARC, the last record's declared length must fit in the file.
+
+def _tail_damage(path: Path, last_start: int, size: int) -> tuple[str | None, bool]:
+    """(why the file ends badly after the last record's start, or None; whether that record is whole).
+
+    FastWARC stops silently at a truncation, so the tail is checked here: for gzip, every member
+    from the last record's to the end of the file must decompress completely; for plain WARC, the
+    last record's declared length must fit in the file.
     """
     with open(path, "rb") as handle:
         handle.seek(last_start)
@@ -181,40 +194,88 @@ def _tail_damage(path: Path, last_start: int, size: int) -> str | None:
         head = handle.read(64 * 1024)
     end = head.find(b"\r\n\r\n")
     if not head.startswith(b"WARC/") or end < 0:
-        return f"no complete WARC header at offset {last_start}"
+        return f"no complete WARC header at offset {last_start}", False
     length = None
     for line in head[:end].split(b"\r\n"):
         key, _, value = line.partition(b":")
-        if key.strip().lower() == b"content-length":
-            length = int(value.strip() or 0)
+        if key.strip().lower() == b"content-length" and value.strip().isdigit():
+            length = int(value.strip())
     if length is None:
-        return f"the record at offset {last_start} has no Content-Length"
+        return f"the record at offset {last_start} has no Content-Length", False
     expected_end = last_start + end + 4 + length
     if expected_end > size:
-        return f"the record at offset {last_start} needs {expected_end - size} more bytes than the file has"
-    return None
+        return f"the record at offset {last_start} needs {expected_end - size} more bytes than the file has", False
+    return None, True
 
 
-def _gzip_tail_damage(handle) -> str | None:
+def _gzip_tail_damage(handle) -> tuple[str | None, bool]:
     decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    members = 0
     data = handle.read(1 << 20)
     while data:
         try:
             decoder.decompress(data)
         except zlib.error as exc:
-            return f"gzip data error: {exc}"
+            return f"gzip data error: {exc}", members > 0
         if decoder.eof:
+            members += 1
             data = decoder.unused_data or handle.read(1 << 20)
             if not data:
-                return None
+                return None, True
             decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
             continue
         data = handle.read(1 << 20)
-    return "the last gzip member is truncated"
+    return "the last gzip member is truncated", members > 0
 
 
 # ---------------------------------------------------------------------------------------------
 # JSONL
+
+
+class TruncatedStream(EOFError):
+    """The compressed stream ended inside a frame or member."""
+
+
+class _DecodingReader(io.RawIOBase):
+    """Decompresses gzip or zstd (multi-member/multi-frame) incrementally.
+
+    Unlike GzipFile, it hands out every byte decoded before a truncation and raises
+    TruncatedStream only afterwards; unlike zstandard's stream_reader, it notices a cut frame.
+    """
+
+    def __init__(self, raw, new_decoder):
+        self._raw = raw
+        self._new_decoder = new_decoder
+        self._decoder = new_decoder()
+        self._in_frame = False
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            data = self._raw.read(1 << 20)
+            if not data:
+                if self._in_frame:
+                    raise TruncatedStream("the compressed stream ends in the middle of a frame")
+                return 0
+            while data:
+                self._in_frame = True
+                self._pending += self._decoder.decompress(data)
+                if not self._decoder.eof:
+                    break
+                data = self._decoder.unused_data
+                self._decoder = self._new_decoder()
+                self._in_frame = False
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def open_text_stream(path: Path) -> io.BufferedIOBase:
@@ -224,10 +285,12 @@ def open_text_stream(path: Path) -> io.BufferedIOBase:
     if name.endswith(".zst"):
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)
+        decompressor = zstandard.ZstdDecompressor()
+        return io.BufferedReader(_DecodingReader(raw, decompressor.decompressobj), buffer_size=1 << 20)
     if name.endswith(".gz"):
-        return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), buffer_size=1 << 20)  # type: ignore[arg-type]
+        return io.BufferedReader(
+            _DecodingReader(raw, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)), buffer_size=1 << 20
+        )
     return io.BufferedReader(raw, buffer_size=1 << 20)  # type: ignore[arg-type]
 
 

@@ -105,7 +105,12 @@ def _list_s3(location: str, patterns: list[str], endpoint_url: str | None, stora
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 key = item["Key"]
-                relpath = key[len(base):] if key.startswith(base) else key.rsplit("/", 1)[-1]
+                if key == prefix:  # the location names one object
+                    relpath = key.rsplit("/", 1)[-1]
+                elif key.startswith(base):  # an object under the location, never a sibling like crawl-old/
+                    relpath = key[len(base):]
+                else:
+                    continue
                 if relpath and _matches(relpath, patterns):
                     fingerprint = f"etag:{item['ETag'].strip(chr(34))}:{item['Size']}"
                     found.append(InputFile(relpath, f"s3://{bucket}/{key}", int(item["Size"]), fingerprint))

@@ -94,10 +94,16 @@ class S3Store(ObjectStore):
         return True
 
     def put_file(self, key: str, path: Path) -> None:
+        from boto3.exceptions import S3UploadFailedError
         from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import ClientError
 
         config = TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=self.multipart_threshold)
-        self.client.upload_file(str(path), self.bucket, self._key(key), Config=config)
+        try:
+            self.client.upload_file(str(path), self.bucket, self._key(key), Config=config)
+        except (S3UploadFailedError, ClientError) as exc:
+            raise StoreError(f"{self.uri(key)}: upload failed: {_code(exc) if isinstance(exc, ClientError) else exc}") \
+                from None
 
     def get_bytes(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
@@ -129,21 +135,28 @@ class S3Store(ObjectStore):
                 return None
             raise StoreError(f"{self.uri(key)}: head failed: {_code(exc)}") from None
 
+    def _paginate(self, operation: str, what: str, **params) -> Iterator[dict]:
+        from botocore.exceptions import ClientError
+
+        try:
+            yield from self.client.get_paginator(operation).paginate(Bucket=self.bucket, **params)
+        except ClientError as exc:
+            raise StoreError(f"s3://{self.bucket}/{params.get('Prefix', '')}: {what} failed: {_code(exc)}") from None
+
     def list(self, prefix: str = "") -> Iterator[str]:
+        # Like a directory listing: "a/b" means the key a/b itself or keys under a/b/, never a/bc.
         full = self._key(prefix)
-        if prefix.endswith("/") or not prefix:
-            full = full + "/" if full else ""
         strip = len(self.prefix) + 1 if self.prefix else 0
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+        for page in self._paginate("list_objects_v2", "list", Prefix=full):
             for item in page.get("Contents", []):
-                yield item["Key"][strip:]
+                key = item["Key"]
+                if not full or key == full or key.startswith(full.rstrip("/") + "/"):
+                    yield key[strip:]
 
     def list_children(self, prefix: str) -> list[str]:
         full = self._key(prefix) + "/"
         names: set[str] = set()
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
+        for page in self._paginate("list_objects_v2", "list", Prefix=full, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
                 names.add(common["Prefix"][len(full):].rstrip("/"))
             for item in page.get("Contents", []):
@@ -153,8 +166,7 @@ class S3Store(ObjectStore):
     def versions(self, key: str) -> list[ObjectVersion]:
         full = self._key(key)
         found: list[ObjectVersion] = []
-        paginator = self.client.get_paginator("list_object_versions")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+        for page in self._paginate("list_object_versions", "list versions", Prefix=full):
             for item in page.get("Versions", []):
                 if item["Key"] == full:
                     found.append(
@@ -179,7 +191,12 @@ class S3Store(ObjectStore):
         return response["Body"].read()
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            raise StoreError(f"{self.uri(key)}: delete failed: {_code(exc)}") from None
 
 
 def make_s3_client(endpoint_url: str | None, region: str, max_attempts: int = 10) -> Any:
