@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -145,38 +144,32 @@ def cmd_stack(args) -> int:
 
 def cmd_demo(args) -> int:
     from . import stack
+    from .follow import run_and_follow
 
     directory = Path(args.dir)
     running = stack.up(directory, s3_port=args.s3_port, prefect_port=args.prefect_port)
-    env = {**os.environ, **running.env(), **stack.prefect_env(directory / "prefect")}
+    os.environ.update(running.env())
     try:
-        print(f"\n== running deployment pretrain-pipeline/full (watch it at {running.ui_url}) ==", flush=True)
-        overrides = json.dumps({"overrides": {"storage.endpoint_url": running.s3.endpoint_url}})
-        result = subprocess.run(
-            [stack._bin("prefect"), "deployment", "run", "pretrain-pipeline/full", "--params", overrides,
-             "--watch", "--watch-timeout", str(args.timeout)],
-            env=env, capture_output=False, text=True,
-        )
-        os.environ.update(running.env())
-        config = load_config(args.config, [f"storage.endpoint_url={running.s3.endpoint_url}"])
-        store = open_store(config.storage, ensure=False)
-        runs = list_runs(store)
-        if not runs:
-            print("no run record was written; see the worker log:", directory / "worker.log")
+        print(f"\n== pretrain-pipeline/full on the bundled sample (UI: {running.ui_url}) ==", flush=True)
+        overrides = {"storage.endpoint_url": running.s3.endpoint_url}
+        run_id, state = run_and_follow(running.api_url, "pretrain-pipeline/full", {"overrides": overrides},
+                                       timeout=args.timeout)
+        store = open_store(load_config(args.config, overrides).storage, ensure=False)
+        run = read_run(store, run_id)
+        print(f"\n== flow run {run_id}: {state} ==")
+        print(f"Prefect UI:  {running.ui_url}/runs/flow-run/{run_id}")
+        if run is None:
+            print(f"no run record was written; see {directory / 'worker.log'}")
             return 1
-        run = runs[-1]
-        print(f"\n== run {run['run_id']}: {run['status']} ==")
-        print(f"Prefect UI:  {running.ui_url}/runs/flow-run/{run['run_id']}")
-        print(f"Run record:  {store.uri('runs/' + run['run_id'] + '.json')}")
+        print(f"Run record:  {store.uri('runs/' + run_id + '.json')}")
         for artifact, stage in sorted(run["stages"].items()):
             print(f"{artifact:22} {stage['status']:9} {stage.get('uri', stage.get('error', ''))}")
             if stage.get("version"):
-                manifest = read_manifest(store, artifact, stage["version"])
-                print(f"{'':22} manifest: {manifest['uri']}/manifest.json")
-                print(f"{'':22} counts:   {json.dumps(manifest['counts'])}")
-        print(f"\nBrowse: `make up`, then open {running.ui_url}; `. {directory / 'env'}` and "
-              f"`.venv/bin/pretrain-pipeline artifacts list` or `... runs show {run['run_id']}`.")
-        return 0 if result.returncode == 0 and run["status"] == "completed" else 1
+                print(f"{'':22} manifest: {stage['uri']}/manifest.json")
+                print(f"{'':22} counts:   {json.dumps(stage['counts'])}")
+        print(f"\nBrowse later: `make up`, open {running.ui_url}; `. {directory / 'env'}` then "
+              f"`.venv/bin/pretrain-pipeline artifacts list` or `.venv/bin/pretrain-pipeline runs show {run_id}`.")
+        return 0 if state == "Completed" and run["status"] == "completed" else 1
     finally:
         if not args.keep:
             stack.down(directory)

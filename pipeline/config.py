@@ -116,7 +116,9 @@ class IngestConfig(Section):
     quarantine_sample_bytes: int = Field(
         4096, ge=0, le=1 << 20, description="bytes of a quarantined record kept for inspection"
     )
-    compression_level: int = Field(3, ge=1, le=22, description="zstd level of the Parquet shards")
+    compression_level: int = Field(
+        1, ge=-7, le=22, description="zstd level of the Parquet shards: 1 writes ~1.7x faster than 3, files ~40% larger"
+    )
     progress_every_seconds: float = Field(10.0, gt=0, json_schema_extra=UNVERSIONED)
     scratch_dir: str | None = Field(
         None, description="local scratch space for shards before upload; default: system temp",

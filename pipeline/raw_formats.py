@@ -61,6 +61,10 @@ class Limits:
     sample_bytes: int
 
 
+# Control bytes that do not occur in text (tab, newline, form feed, carriage return and escape do).
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13, 27))
+
+
 def looks_binary(data: bytes) -> bool:
     """True for payloads that are not text whatever their declared type (images, archives, ...)."""
     head = data[:1024]
@@ -68,7 +72,7 @@ def looks_binary(data: bytes) -> bool:
         return False
     if head.startswith(BINARY_MAGIC) or b"\x00" in head:
         return True
-    controls = sum(1 for byte in head if byte < 32 and byte not in (9, 10, 12, 13, 27))
+    controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
     return bool(head) and controls / len(head) > 0.1
 
 
@@ -99,7 +103,7 @@ def read_warc(path: Path, limits: Limits) -> Iterator[Item]:
     last_start = 0
     # The items of the last record are held back until the next record (or the tail check) shows
     # that the record was complete: FastWARC yields a record cut short by truncation as if whole.
-    held: list[Item] = []
+    held: list[Item] = []  # zero or one item
     with open(path, "rb") as handle:
         records = iter(ArchiveIterator(handle, parse_http=True))
         while True:
@@ -114,7 +118,7 @@ def read_warc(path: Path, limits: Limits) -> Iterator[Item]:
             yield from held
             seen += 1
             last_start = record.stream_pos
-            held = list(_warc_record(record, WarcRecordType, limits))
+            held = [_warc_record(record, WarcRecordType, limits)]
     damage, last_record_whole = _tail_damage(path, last_start, size)
     if damage and not last_record_whole:
         yield Reject(f"offset={last_start}", "truncated_file", f"the record is cut short: {damage}", size)
@@ -126,26 +130,22 @@ def read_warc(path: Path, limits: Limits) -> Iterator[Item]:
         yield Reject("file", "not_a_warc", "no WARC record could be read from the file", size)
 
 
-def _warc_record(record, types, limits: Limits) -> Iterator[Item]:
+def _warc_record(record, types, limits: Limits) -> Item:
     locator = f"offset={record.stream_pos}"
     kind = record.record_type
     if kind not in (types.response, types.resource):
-        yield Skip(f"warc_{kind}_record")
-        return
+        return Skip(f"warc_{kind}_record")
     url = record.headers.get("WARC-Target-URI")
     if record.content_length > limits.max_record_bytes:
         head = record.reader.read(limits.sample_bytes)
-        yield _reject(locator, "oversize_record", f"{record.content_length} bytes exceed the cap", head, limits,
-                      size=record.content_length)
-        return
+        return _reject(locator, "oversize_record", f"{record.content_length} bytes exceed the cap", head, limits,
+                       size=record.content_length)
     if kind == types.response:
         if not record.is_http:
-            yield Skip("warc_response_not_http")
-            return
+            return Skip("warc_response_not_http")
         status = record.http_headers.status_code
         if status is not None and not 200 <= status < 300:
-            yield Skip(f"http_status_{status // 100}xx")
-            return
+            return Skip(f"http_status_{status // 100}xx")
         mime = (record.http_content_type or "").lower()
         charset = _clean_charset(record.http_charset)
     else:
@@ -154,15 +154,13 @@ def _warc_record(record, types, limits: Limits) -> Iterator[Item]:
         charset = _charset_param(declared)
     content = record.reader.read()
     if mime not in limits.html_content_types:
-        yield _reject(locator, "non_html_payload", f"content type {mime or 'missing'!r}", content, limits)
-        return
+        return _reject(locator, "non_html_payload", f"content type {mime or 'missing'!r}", content, limits)
     if rejected := _check_payload(locator, content, limits):
-        yield rejected
-        return
+        return rejected
     date = record.record_date
     if date is not None and date.tzinfo is None:
         date = date.replace(tzinfo=dt.timezone.utc)
-    yield RawDoc(locator, content, mime, charset, url, date, record.record_id)
+    return RawDoc(locator, content, mime, charset, url, date, record.record_id)
 
 
 def _charset_param(content_type: str) -> str | None:

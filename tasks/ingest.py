@@ -162,18 +162,14 @@ def _route(item: Item, source: str, relpath: str, documents: ShardWriter, quaran
         counts["records"] += 1
         counts["documents"] += 1
         counts["content_bytes"] += len(item.content)
-        documents.add({
-            "id": document_id(source, relpath, item), "source": source, "url": item.url,
-            "fetch_date": item.fetch_date, "content_type": item.content_type, "charset": item.charset,
-            "content": item.content, "origin": f"{relpath}#{item.locator}",
-        })
+        # DOCUMENT_SCHEMA order: id, source, url, fetch_date, content_type, charset, content, origin
+        documents.add((document_id(source, relpath, item), source, item.url, item.fetch_date, item.content_type,
+                       item.charset, item.content, f"{relpath}#{item.locator}"))
     elif isinstance(item, Reject):
         counts["records"] += 1
         counts["quarantined"][item.reason] = counts["quarantined"].get(item.reason, 0) + 1
-        quarantine.add({
-            "source": source, "origin": f"{relpath}#{item.locator}", "reason": item.reason,
-            "detail": item.detail, "size": item.size, "sample": item.sample,
-        })
+        # QUARANTINE_SCHEMA order: source, origin, reason, detail, size, sample
+        quarantine.add((source, f"{relpath}#{item.locator}", item.reason, item.detail, item.size, item.sample))
     else:
         counts["skipped"][item.reason] = counts["skipped"].get(item.reason, 0) + 1
 
