@@ -17,7 +17,7 @@ from pipeline.runs import read_run
 from pipeline.seaweed import free_port_block
 from pipeline.storage import S3Store
 from tests.conftest import REPO
-from tests.flows.helpers import sample_sources, write_warc
+from tests.flows.helpers import sample_sources, write_pages
 
 pytestmark = pytest.mark.stack
 
@@ -78,7 +78,7 @@ def test_retry_of_a_failed_run_reexecutes_only_the_failed_stage(stack, tmp_path)
     built = {name: stage["version"] for name, stage in first["stages"].items() if name != "ingest/late"}
     assert all(first["stages"][name]["status"] == "executed" for name in built)
 
-    store.client.upload_file(str(write_warc(tmp_path / "late.warc.gz", pages=3, seed=5)), bucket,
+    store.client.upload_file(str(write_pages(tmp_path / "late.warc.gz", pages=3, seed=5)), bucket,
                              "incoming/late.warc.gz")
     retry = _prefect(stack, "flow-run", "retry", run_id)
     assert retry.returncode == 0, retry.stdout + retry.stderr

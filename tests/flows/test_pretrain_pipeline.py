@@ -19,7 +19,8 @@ from pipeline.runs import read_run
 from pipeline.storage import S3Store
 from tasks.ingest import ingest_spec
 from tests.conftest import REPO
-from tests.flows.helpers import write_config, write_jsonl, write_warc
+from tests.flows.helpers import write_config, write_pages
+from tests.raw_inputs import PNG, Page, write_jsonl, write_warc
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -33,8 +34,8 @@ def bucket(seaweed) -> str:
 
 @pytest.fixture
 def inputs(tmp_path) -> Path:
-    write_warc(tmp_path / "in" / "web" / "a.warc.gz", pages=6, seed=1)
-    write_warc(tmp_path / "in" / "web" / "b.warc.gz", pages=4, seed=2)
+    write_pages(tmp_path / "in" / "web" / "a.warc.gz", pages=6, seed=1)
+    write_pages(tmp_path / "in" / "web" / "b.warc.gz", pages=4, seed=2)
     write_jsonl(tmp_path / "in" / "docs" / "d.jsonl", [{"id": "1", "text": "first document"}, "{not json",
                                                           {"id": "2", "text": "second document"}])
     return tmp_path / "in"
@@ -88,7 +89,7 @@ def test_changed_source_is_reingested_and_unchanged_one_skipped(tmp_path, seawee
 
     config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=_sources(inputs))
     first = pretrain_pipeline(config_path=str(config))
-    write_warc(inputs / "web" / "c.warc.gz", pages=3, seed=3)
+    write_pages(inputs / "web" / "c.warc.gz", pages=3, seed=3)
     second = pretrain_pipeline(config_path=str(config))
     assert second["stages"]["ingest/web"]["status"] == "executed"
     assert second["stages"]["ingest/web"]["version"] != first["stages"]["ingest/web"]["version"]
@@ -141,7 +142,7 @@ def test_failed_source_reruns_alone_after_the_fix(tmp_path, seaweed, bucket, inp
     first = read_run(store, str(failed.state_details.flow_run_id))
     assert first["status"] == "failed" and "no input files" in first["stages"]["ingest/late"]["error"]
 
-    late = write_warc(tmp_path / "late.warc.gz", pages=2, seed=9)
+    late = write_pages(tmp_path / "late.warc.gz", pages=2, seed=9)
     store.client.upload_file(str(late), bucket, "incoming/late.warc.gz")
     rerun = pretrain_pipeline(config_path=str(config))
     assert rerun["stages"]["ingest/late"]["status"] == "executed"
@@ -161,7 +162,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, seaweed, 
     from prefect.settings import PREFECT_API_URL
 
     for index in range(10):
-        write_warc(tmp_path / "in" / f"w{index}.warc.gz", pages=300, seed=index, words_per_page=2000)
+        write_pages(tmp_path / "in" / f"w{index}.warc.gz", pages=300, seed=index, words_per_page=2000)
     sources = [{"name": "web", "kind": "warc", "location": str(tmp_path / "in")}]
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     killed = write_config(tmp_path / "killed.yaml", endpoint=seaweed.endpoint_url, bucket=bucket,
@@ -202,11 +203,12 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, seaweed, 
 def test_a_corpus_of_broken_records_completes_with_every_record_counted(tmp_path, seaweed, bucket):
     from flows.pretrain_pipeline import pretrain_pipeline
 
-    good = write_warc(tmp_path / "in" / "web" / "good.warc.gz", pages=4, seed=1).read_bytes()
+    good = write_pages(tmp_path / "in" / "web" / "good.warc.gz", pages=4, seed=1).read_bytes()
     (tmp_path / "in" / "web" / "truncated.warc.gz").write_bytes(good[: int(len(good) * 0.8)])
     (tmp_path / "in" / "web" / "empty.warc.gz").write_bytes(b"")
-    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-    write_binary_page(tmp_path / "in" / "web" / "binary.warc.gz", png)
+    # a response that claims text/html but carries an image
+    write_warc(tmp_path / "in" / "web" / "binary.warc.gz",
+               [Page("https://example.org/logo", PNG, content_type="text/html")], with_requests=False)
     docs = tmp_path / "in" / "docs"
     docs.mkdir(parents=True)
     (docs / "mixed.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9 latin-1 bytes"}\n{"text": oops}\n')
@@ -224,18 +226,3 @@ def test_a_corpus_of_broken_records_completes_with_every_record_counted(tmp_path
     docs_counts = result["stages"]["ingest/docs"]["counts"]
     assert docs_counts["documents"] == 1
     assert docs_counts["quarantined"] == {"invalid_utf8": 1, "invalid_json": 1, "empty_file": 1}
-
-
-def write_binary_page(path: Path, payload: bytes) -> Path:
-    """A WARC whose single response claims text/html but carries image bytes."""
-    import io
-
-    from warcio.statusandheaders import StatusAndHeaders
-    from warcio.warcwriter import WARCWriter
-
-    with open(path, "wb") as handle:
-        writer = WARCWriter(handle, gzip=True)
-        headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
-        writer.write_record(writer.create_warc_record("https://example.org/logo", "response",
-                                                      payload=io.BytesIO(payload), http_headers=headers))
-    return path

@@ -17,7 +17,7 @@ from pipeline.config import HtmlSource, IngestConfig, JsonlSource, StorageConfig
 from pipeline.shards import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA
 from pipeline.sources import InputFile, list_inputs
 from pipeline.storage import LocalStore, S3Store
-from tests.tasks.raw_inputs import PNG, Page, html_page, write_jsonl, write_warc
+from tests.raw_inputs import PNG, Page, html_page, write_jsonl, write_warc
 from tasks.ingest import IngestJob, document_id, ingest_spec, ingest_unit, plan_units, run_ingest
 
 LOCAL = StorageConfig(backend="local")

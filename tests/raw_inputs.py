@@ -45,6 +45,7 @@ def write_warc(path: Path, pages: list[Page], *, gzip: bool = True, with_request
     """Write a WARC of `response` records (each preceded by its `request` record if with_requests).
     Returns the byte offset at which each response record starts."""
     offsets = []
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
         writer = WARCWriter(handle, gzip=gzip)
         for page in pages:
@@ -82,6 +83,7 @@ def jsonl_bytes(rows: list[dict | bytes | str]) -> bytes:
 
 def write_jsonl(path: Path, rows: list[dict | bytes | str]) -> Path:
     """Plain, .gz or .zst, chosen by the file name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = jsonl_bytes(rows)
     if path.name.endswith(".gz"):
         data = gzip.compress(data, mtime=0)

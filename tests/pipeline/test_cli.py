@@ -1,0 +1,81 @@
+"""The `pretrain-pipeline` CLI against a local-directory store holding a real ingest artifact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.runs import RunRecorder
+from pipeline.sources import list_inputs
+from pipeline.storage import open_store
+from tasks.ingest import ingest_spec, run_ingest
+from tests.raw_inputs import write_jsonl
+
+
+@pytest.fixture
+def built(tmp_path):
+    """A config on the local backend, one committed ingest artifact with a quarantine, a run record."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": "one"}, "{broken", {"text": "two"}])
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "storage": {"backend": "local", "local_root": str(tmp_path / "store"), "prefix": "p"},
+        "sources": [{"name": "docs", "kind": "jsonl", "location": "in"}],
+        "ingest": {"workers": 1},
+    }))
+    config = load_config(config_path)
+    store = open_store(config.storage)
+    source = config.sources[0]
+    files = list_inputs(source, config.storage, base_dir=tmp_path)
+    spec = ingest_spec(source, files, config.ingest)
+    manifest = run_ingest(source, config.ingest, config.storage, store, spec, files, progress=lambda _m: None)
+    recorder = RunRecorder(store, "run-1", flow="pretrain-pipeline", config=config.model_dump(mode="json"),
+                           parameters={})
+    recorder.stage("ingest/docs", {"status": "executed", "version": spec.version, "uri": manifest["uri"]})
+    recorder.finish("completed")
+    return config_path, manifest
+
+
+def test_artifacts_list_show_and_quarantine(built, capsys):
+    config_path, manifest = built
+    assert main(["artifacts", "list", "-c", str(config_path)]) == 0
+    listed = capsys.readouterr().out
+    assert "ingest/docs" in listed and manifest["version"] in listed and "documents=2" in listed
+
+    assert main(["artifacts", "show", "ingest/docs", "-c", str(config_path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == manifest["version"] and shown["counts"]["quarantined"] == {"invalid_json": 1}
+
+    assert main(["artifacts", "quarantine", "ingest/docs", manifest["version"], "-c", str(config_path)]) == 0
+    quarantined = capsys.readouterr().out
+    assert "invalid_json" in quarantined and "a.jsonl#line=2" in quarantined
+
+
+def test_runs_show_prints_the_lineage(built, capsys):
+    config_path, manifest = built
+    assert main(["runs", "list", "-c", str(config_path)]) == 0
+    assert "run-1" in capsys.readouterr().out
+    assert main(["runs", "show", "run-1", "-c", str(config_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ingest/docs" in out and manifest["version"] in out and '"fingerprint"' in out
+
+
+def test_refs_set_show_and_history(built, capsys):
+    config_path, manifest = built
+    for _ in range(2):
+        assert main(["refs", "set", "current", "ingest/docs", "latest", "-c", str(config_path)]) == 0
+    capsys.readouterr()
+    assert main(["refs", "show", "current", "-c", str(config_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == manifest["version"]
+    assert main(["refs", "history", "current", "-c", str(config_path)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+def test_invalid_override_exits_2_naming_the_key(built, capsys):
+    config_path, _ = built
+    assert main(["validate", "-c", str(config_path), "--set", "ingest.shard_max_mb=-1"]) == 2
+    assert "ingest.shard_max_mb" in capsys.readouterr().err
+    assert main(["validate", "-c", str(config_path)]) == 0
