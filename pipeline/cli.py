@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # `run` without PREFECT_API_URL starts a temporary Prefect server; 20 s is too short on a busy box.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     args = build_parser().parse_args(argv)
     if getattr(args, "action", None) in ("show", "quarantine") and args.command == "artifacts" and not args.artifact:
         raise SystemExit("artifacts show/quarantine need an ARTIFACT, e.g. ingest/web")
