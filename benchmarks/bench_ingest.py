@@ -781,8 +781,14 @@ def summarize(name: str, raw: dict, corpus: dict) -> dict:
     }
     if name in ("ingest_w1", "ingest_s3_w1", "reader", "ceiling", "ceiling_native_io"):
         entry["worker_peak_rss_mb"] = raw["rss_mb"]["self_peak"]
-    elif name in ("ingest_w2", "units_w2_prestarted"):
+    elif name == "units_w2_prestarted":
         entry["worker_peak_rss_mb"] = raw["rss_mb"]["children_peak"]
+    elif name == "ingest_w2":
+        # Its workers are children of the pool's fork server, not of the measuring process: their CPU
+        # time and RSS are invisible to getrusage here (and would show up as "other jobs").
+        entry["cpu_seconds_median"] = None
+        entry["interference"] = None
+        entry["note"] = "CPU s, RSS and interference not measurable: workers are fork-server children"
     for key in ("seaweed_startup_seconds",):
         if key in raw:
             entry[key] = raw[key]
@@ -935,7 +941,10 @@ def print_table(report: dict) -> None:
         docs = f"{entry['docs_per_s']:8.0f}" if name != "worker_startup" else f"{'':>8}"
         others = (entry.get("interference") or {}).get("other_jobs_cpu_share")
         others_text = f"{others:.0%}" if others is not None else ""
-        print(f"{name:<20} {entry['seconds_median']:8.2f} {spread:>13} {entry['cpu_seconds_median']:6.2f} {rate} "
+        cpu = entry["cpu_seconds_median"]
+        cpu_text = f"{cpu:6.2f}" if cpu is not None else f"{'n/a':>6}"
+        others_text = others_text or ("n/a" if name == "ingest_w2" else "")
+        print(f"{name:<20} {entry['seconds_median']:8.2f} {spread:>13} {cpu_text} {rate} "
               f"{docs} {rss_text:>9} {others_text:>6}  {entry['description']}")
     print()
     for key, item in report["ratios"].items():
