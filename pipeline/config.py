@@ -119,6 +119,11 @@ class IngestConfig(Section):
     compression_level: int = Field(
         1, ge=-7, le=22, description="zstd level of the Parquet shards: 1 writes ~1.7x faster than 3, files ~40% larger"
     )
+    writer_thread: Literal["auto"] | bool = Field(
+        "auto", json_schema_extra=UNVERSIONED,
+        description="compress and upload shards on a second thread per worker; auto: when there are at "
+                    "least two cores per worker",
+    )
     progress_every_seconds: float = Field(10.0, gt=0, json_schema_extra=UNVERSIONED)
     scratch_dir: str | None = Field(
         None, description="local scratch space for shards before upload; default: system temp",

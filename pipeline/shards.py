@@ -7,8 +7,10 @@ Output bytes depend only on the rows and the settings (no timestamps), so reruns
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,7 +39,7 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
-ROW_GROUP_BYTES = 8 << 20
+ROW_GROUP_BYTES = 4 << 20
 ROW_GROUP_ROWS = 4096
 # Columns with few distinct values are dictionary-encoded; statistics are kept for the small columns
 # only (on the content column they cost ~15% of the write and no reader uses them).
@@ -52,7 +54,8 @@ class ShardWriter:
     """
 
     def __init__(self, directory: Path, stem: str, schema: pa.Schema, *, max_bytes: int, max_rows: int,
-                 compression_level: int, size_column: str | None = None):
+                 compression_level: int, size_column: str | None = None, background: bool = False,
+                 on_closed: Callable[[Path, int], None] | None = None):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.stem = stem
@@ -61,6 +64,7 @@ class ShardWriter:
         self.max_rows = max_rows
         self.compression_level = compression_level
         self._size_index = schema.names.index(size_column) if size_column else None
+        self._on_closed = on_closed  # called with (path, rows) once a shard is complete, on the writer's thread
         self.finished: list[tuple[Path, int]] = []
         self._writer: pq.ParquetWriter | None = None
         self._path: Path | None = None
@@ -68,6 +72,22 @@ class ShardWriter:
         self._buffered_bytes = 0
         self._shard_rows = 0
         self._shard_bytes = 0
+        # With background=True, compression, file writes and on_closed run on one thread of their own
+        # (Arrow and hashlib release the GIL), overlapping with the caller's parsing; at most 2 tasks wait.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") if background else None
+        self._pending: deque[Future] = deque()
+
+    def _run(self, fn, *args, **kwargs) -> None:
+        if self._executor is None:
+            fn(*args, **kwargs)
+            return
+        self._pending.append(self._executor.submit(fn, *args, **kwargs))
+        while len(self._pending) > 2:
+            self._pending.popleft().result()
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
 
     def add(self, row: tuple) -> None:
         size = len(row[self._size_index] or b"") if self._size_index is not None else 0
@@ -92,16 +112,19 @@ class ShardWriter:
                 write_statistics=[c for c in STATISTICS_COLUMNS if c in names],
             )
         columns = [pa.array(values, type=field.type) for values, field in zip(zip(*self._rows), self.schema)]
-        self._writer.write_table(pa.Table.from_arrays(columns, schema=self.schema), row_group_size=len(self._rows))
+        self._run(self._writer.write_table, pa.Table.from_arrays(columns, schema=self.schema),
+                  row_group_size=len(self._rows))
         self._rows = []
         self._buffered_bytes = 0
 
     def _close_shard(self) -> None:
         self._flush()
         if self._writer is not None:
-            self._writer.close()
+            self._run(self._writer.close)
             assert self._path is not None
             self.finished.append((self._path, self._shard_rows))
+            if self._on_closed is not None:
+                self._run(self._on_closed, self._path, self._shard_rows)
         self._writer = None
         self._path = None
         self._shard_rows = 0
@@ -110,4 +133,7 @@ class ShardWriter:
     def close(self) -> list[tuple[Path, int]]:
         """Close the open shard; returns every shard written as (path, rows)."""
         self._close_shard()
+        self._drain()
+        if self._executor is not None:
+            self._executor.shutdown()
         return self.finished

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -123,6 +124,13 @@ class IngestJob:
     prefix: str
 
 
+def resolve_writer_thread(settings: IngestConfig) -> bool:
+    """`auto`: a writer thread per worker only when the machine has a spare core for each."""
+    if settings.writer_thread == "auto":
+        return (os.cpu_count() or 1) >= 2 * settings.workers
+    return bool(settings.writer_thread)
+
+
 def new_counts() -> dict[str, Any]:
     return {"files": 0, "bytes_in": 0, "records": 0, "documents": 0, "content_bytes": 0,
             "quarantined": {}, "skipped": {}}
@@ -134,13 +142,23 @@ def ingest_unit(job: IngestJob, unit: Unit) -> dict:
     limits = Limits(int(settings.max_record_mb * MB), tuple(settings.html_content_types),
                     settings.quarantine_sample_bytes)
     counts = new_counts()
+    files: list[dict] = []
+    background = resolve_writer_thread(settings)
+
+    def uploader(folder: str, role: str) -> Callable[[Path, int], None]:
+        def upload(path: Path, rows: int) -> None:
+            files.append(upload_file(job.store, job.prefix, f"{folder}/{path.name}", path, role, rows=rows))
+        return upload
+
     with tempfile.TemporaryDirectory(dir=settings.scratch_dir, prefix="ingest-") as scratch:
         documents = ShardWriter(Path(scratch, "data"), unit.key, DOCUMENT_SCHEMA, max_bytes=settings.shard_max_mb * MB,
                                 max_rows=settings.shard_max_docs, compression_level=settings.compression_level,
-                                size_column="content")
+                                size_column="content", background=background,
+                                on_closed=uploader("data", "documents"))
         quarantine = ShardWriter(Path(scratch, "quarantine"), unit.key, QUARANTINE_SCHEMA,
                                  max_bytes=settings.shard_max_mb * MB, max_rows=settings.shard_max_docs,
-                                 compression_level=settings.compression_level, size_column="sample")
+                                 compression_level=settings.compression_level, size_column="sample",
+                                 on_closed=uploader("quarantine", "quarantine"))
         for file in unit.files:
             counts["files"] += 1
             counts["bytes_in"] += file.size
@@ -148,11 +166,8 @@ def ingest_unit(job: IngestJob, unit: Unit) -> dict:
                             settings.scratch_dir) as path:
                 for item in read_items(job.source, path, file, limits):
                     _route(item, job.source.name, file.relpath, documents, quarantine, counts)
-        files = []
-        for role, writer in (("documents", documents), ("quarantine", quarantine)):
-            for path, rows in writer.close():
-                relpath = f"{'data' if role == 'documents' else 'quarantine'}/{path.name}"
-                files.append(upload_file(job.store, job.prefix, relpath, path, role, rows=rows))
+        documents.close()
+        quarantine.close()
     return {"unit": unit.key, "files": files, "counts": counts}
 
 
