@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test,train]'
 	$(BIN)/pip check
+	$(BIN)/python -m pipeline.models
 	touch $(STAMP)
 
 test: venv
@@ -38,6 +39,7 @@ down: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_clean_langid.py
 
 sample: venv
 	$(BIN)/python scripts/build_sample_corpus.py --out data/sample

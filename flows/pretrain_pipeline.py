@@ -3,8 +3,9 @@
 Parameters:
   config_path  pipeline.yaml to read (relative paths in it resolve against its directory)
   overrides    dotted keys to override for this run, e.g. {"ingest.workers": 4}
-  only         stages to execute (e.g. ["ingest"] or ["ingest/web"]); every other stage must
-               already have an artifact for its current version, which is read as is
+  only         stages to execute (e.g. ["ingest"] or ["clean/web"]); the stages before them must
+               already have an artifact for their current version, which is read as is, and the
+               stages after them are not run
   force        stages to rebuild even though their version exists; they get a new version salted
                with this run's id (committed artifacts are never overwritten), and so do the
                stages after them
@@ -24,11 +25,15 @@ from prefect.runtime import flow_run
 from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.runs import RunRecorder
 from pipeline.storage import open_store
+from tasks.clean import clean_task
 from tasks.ingest import ingest_task
+from tasks.langid import langid_task
 from tasks.stage import RunContext
 
 FLOW_NAME = "pretrain-pipeline"
-STAGES = ("ingest",)  # in DAG order; each later stage appends itself here and in the flow body
+# The per-source chain, in DAG order: each stage reads the artifact of the one before it.
+SOURCE_STAGES = (("ingest", ingest_task), ("clean", clean_task), ("langid", langid_task))
+STAGES = tuple(name for name, _ in SOURCE_STAGES)
 
 
 class PipelineFailed(RuntimeError):
@@ -36,7 +41,23 @@ class PipelineFailed(RuntimeError):
 
 
 def stage_names(config: PipelineConfig) -> set[str]:
-    return {"all", *STAGES, *(f"ingest/{source.name}" for source in config.sources)}
+    return {"all", *STAGES, *(f"{stage}/{source.name}" for stage in STAGES for source in config.sources)}
+
+
+def run_source_chain(ctx: RunContext, source: str) -> dict[str, Any]:
+    """ingest -> clean -> langid for one source; a failed stage stops its source's chain only."""
+    states: dict[str, Any] = {}
+    upstream = None
+    for index, (stage, stage_task) in enumerate(SOURCE_STAGES):
+        if not any(ctx.selected(f"{later}/{source}") for later in STAGES[index:]):
+            break  # `only` names nothing from here on: the rest of the chain is not run
+        args = (ctx, source) if upstream is None else (ctx, source, upstream)
+        state = stage_task(*args, return_state=True)
+        states[f"{stage}/{source}"] = state
+        if not state.is_completed():
+            break
+        upstream = state.result()
+    return states
 
 
 def check_selection(config: PipelineConfig, only: list[str] | None, force: list[str] | None) -> None:
@@ -69,12 +90,16 @@ def pretrain_pipeline(
     )
     logger.info("run %s (attempt %s): storage %s", run_id, recorder.record["attempt"], store.uri())
 
-    states = {f"ingest/{source.name}": ingest_task(ctx, source.name, return_state=True) for source in config.sources}
+    states: dict[str, Any] = {}
+    for source in config.sources:
+        states.update(run_source_chain(ctx, source.name))
 
     failed = {name: state.message for name, state in states.items() if not state.is_completed()}
     if failed:
         for name, message in failed.items():
             recorder.stage_failed(name, message or "failed")
+            for stage in STAGES[STAGES.index(name.split("/")[0]) + 1:]:
+                recorder.stage(f"{stage}/{name.split('/', 1)[1]}", {"status": "not_run", "error": f"{name} failed"})
         recorder.finish("failed")
         raise PipelineFailed(f"stage(s) failed: {', '.join(sorted(failed))}; run record: {store.uri(recorder.key)}")
     record = recorder.finish("completed")

@@ -142,6 +142,13 @@ def cmd_stack(args) -> int:
     return 0
 
 
+def _stage_order(artifact: str) -> tuple:
+    from flows.pretrain_pipeline import STAGES
+
+    stage, _, source = artifact.partition("/")
+    return (source, STAGES.index(stage) if stage in STAGES else len(STAGES))
+
+
 def cmd_demo(args) -> int:
     from . import stack
     from .follow import run_and_follow
@@ -162,11 +169,16 @@ def cmd_demo(args) -> int:
             print(f"no run record was written; see {directory / 'worker.log'}")
             return 1
         print(f"Run record:  {store.uri('runs/' + run_id + '.json')}")
-        for artifact, stage in sorted(run["stages"].items()):
+        for artifact, stage in sorted(run["stages"].items(), key=lambda item: _stage_order(item[0])):
             print(f"{artifact:22} {stage['status']:9} {stage.get('uri', stage.get('error', ''))}")
             if stage.get("version"):
+                counts = dict(stage["counts"])
+                languages = counts.pop("languages", None)
                 print(f"{'':22} manifest: {stage['uri']}/manifest.json")
-                print(f"{'':22} counts:   {json.dumps(stage['counts'])}")
+                print(f"{'':22} counts:   {json.dumps(counts)}")
+                if languages:
+                    ranked = sorted(languages.items(), key=lambda item: (-item[1], item[0]))
+                    print(f"{'':22} languages: " + ", ".join(f"{lang} {n}" for lang, n in ranked))
         print(f"\nBrowse later: `make up`, open {running.ui_url}; `. {directory / 'env'}` then "
               f"`.venv/bin/pretrain-pipeline artifacts list` or `.venv/bin/pretrain-pipeline runs show {run_id}`.")
         return 0 if state == "Completed" and run["status"] == "completed" else 1

@@ -102,10 +102,23 @@ Source = Annotated[Union[WarcSource, JsonlSource, HtmlSource], Field(discriminat
 SOURCE_KINDS = {"warc": WarcSource, "jsonl": JsonlSource, "html": HtmlSource}
 
 
-class IngestConfig(Section):
+class DataStageConfig(Section):
+    """What every data stage has: parallelism, shard bounds, compression, progress, scratch space."""
+
     workers: int = Field(2, ge=1, le=1024, json_schema_extra=UNVERSIONED)
-    shard_max_mb: int = Field(64, ge=1, le=4096, description="raw content per Parquet shard")
+    shard_max_mb: int = Field(64, ge=1, le=4096, description="content per Parquet shard")
     shard_max_docs: int = Field(50_000, ge=1)
+    compression_level: int = Field(
+        1, ge=-7, le=22, description="zstd level of the Parquet shards: 1 writes ~1.7x faster than 3, files ~40% larger"
+    )
+    progress_every_seconds: float = Field(10.0, gt=0, json_schema_extra=UNVERSIONED)
+    scratch_dir: str | None = Field(
+        None, description="local scratch space for shards before upload; default: system temp",
+        json_schema_extra=UNVERSIONED,
+    )
+
+
+class IngestConfig(DataStageConfig):
     unit_max_mb: int = Field(
         64, ge=1, le=65536, description="small files (HTML folders, JSONL) are grouped into work units of this size"
     )
@@ -116,25 +129,85 @@ class IngestConfig(Section):
     quarantine_sample_bytes: int = Field(
         4096, ge=0, le=1 << 20, description="bytes of a quarantined record kept for inspection"
     )
-    compression_level: int = Field(
-        1, ge=-7, le=22, description="zstd level of the Parquet shards: 1 writes ~1.7x faster than 3, files ~40% larger"
-    )
     writer_thread: Literal["auto"] | bool = Field(
         "auto", json_schema_extra=UNVERSIONED,
         description="compress and upload shards on a second thread per worker; auto: when there are at "
                     "least two cores per worker",
     )
-    progress_every_seconds: float = Field(10.0, gt=0, json_schema_extra=UNVERSIONED)
-    scratch_dir: str | None = Field(
-        None, description="local scratch space for shards before upload; default: system temp",
-        json_schema_extra=UNVERSIONED,
+
+
+Extractor = Literal["resiliparse", "trafilatura"]
+
+DEFAULT_BOILERPLATE = [
+    r"skip to (the )?(main )?content", r"skip (to )?navigation", r"jump to (navigation|search|content)",
+    r"(accept|allow|reject|decline) (all )?cookies", r"(manage )?cookie (settings|preferences|policy)",
+    r"(we|this (web)?site) uses? cookies\b.{0,300}", r"back to top", r"toggle navigation",
+    r"(share|tweet|pin) (this|on \w+)( (page|article|post|story))?", r"print this (page|article)",
+    r"subscribe to our newsletter", r"advertisement",
+]
+
+
+class CleanConfig(DataStageConfig):
+    extractor: Extractor = "resiliparse"
+    extractor_by_source: dict[str, Extractor] = Field(
+        {}, description="per-source extractor, e.g. {news: trafilatura} where precision matters"
     )
+    min_chars: int = Field(200, ge=0, description="shorter texts are removed as too_short")
+    boilerplate_patterns: list[str] = Field(
+        DEFAULT_BOILERPLATE, description="regexes; a line matching one as a whole (case-insensitive) is removed"
+    )
+    removed_sample_bytes: int = Field(2048, ge=0, le=1 << 20)
+
+    @field_validator("boilerplate_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        return patterns
+
+    def extractor_for(self, source: str) -> str:
+        return self.extractor_by_source.get(source, self.extractor)
+
+
+class LangidConfig(DataStageConfig):
+    model_path: str | None = Field(
+        None, json_schema_extra=UNVERSIONED,
+        description="fastText language-ID model (lid.176.bin, GlotLID, ...); null: the lid.176.ftz installed "
+                    "by `make`. The version follows the model file's sha256, not its path.",
+    )
+    top_k: int = Field(3, ge=1, le=20, description="labels kept in the lang_topk column")
+    keep: list[str] | Literal["all"] = Field("all", description="languages kept in data/, or all")
+    threshold: float = Field(0.65, ge=0, le=1, description="minimum top score to keep a document")
+    thresholds: dict[str, float] = Field({}, description="per-language thresholds, e.g. {en: 0.5}")
+    action: Literal["drop", "route"] = Field(
+        "drop", description="for the rest: drop to removed/ with the reason, or route to routed/lang=<xx>/"
+    )
+    removed_sample_bytes: int = Field(2048, ge=0, le=1 << 20)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_in_range(cls, thresholds: dict[str, float]) -> dict[str, float]:
+        for lang, value in thresholds.items():
+            if not 0 <= value <= 1:
+                raise ValueError(f"threshold for {lang!r} must be between 0 and 1, got {value}")
+        return thresholds
+
+    def threshold_for(self, lang: str) -> float:
+        return self.thresholds.get(lang, self.threshold)
+
+    def keeps(self, lang: str) -> bool:
+        return self.keep == "all" or lang in self.keep
 
 
 class PipelineConfig(Section):
     storage: StorageConfig = StorageConfig()
     sources: list[Source] = Field(min_length=1)
     ingest: IngestConfig = IngestConfig()
+    clean: CleanConfig = CleanConfig()
+    langid: LangidConfig = LangidConfig()
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "PipelineConfig":
@@ -143,6 +216,9 @@ class PipelineConfig(Section):
             if source.name in seen:
                 raise ValueError(f"sources: duplicate source name {source.name!r}; names must be unique")
             seen.add(source.name)
+        unknown = sorted(set(self.clean.extractor_by_source) - seen)
+        if unknown:
+            raise ValueError(f"clean.extractor_by_source: no source named {unknown}; sources: {sorted(seen)}")
         return self
 
     def source(self, name: str) -> WarcSource | JsonlSource | HtmlSource:

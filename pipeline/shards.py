@@ -28,6 +28,29 @@ DOCUMENT_SCHEMA = pa.schema(
     ]
 )
 
+CLEAN_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("fetch_date", pa.timestamp("us", tz="UTC")),
+        pa.field("title", pa.string()),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("charset", pa.string()),
+    ]
+)
+
+LANG_TOPK = pa.list_(pa.struct([pa.field("lang", pa.string()), pa.field("score", pa.float32())]))
+LANGID_SCHEMA = pa.schema(
+    list(CLEAN_SCHEMA)
+    + [
+        pa.field("lang", pa.string(), nullable=False),
+        pa.field("lang_score", pa.float32(), nullable=False),
+        pa.field("lang_topk", LANG_TOPK),
+    ]
+)
+
+# Documents a stage removes, with the reason (the quarantine of ingest, the removed/ of later stages).
 QUARANTINE_SCHEMA = pa.schema(
     [
         pa.field("source", pa.string(), nullable=False),
@@ -43,8 +66,9 @@ ROW_GROUP_BYTES = 4 << 20
 ROW_GROUP_ROWS = 4096
 # Columns with few distinct values are dictionary-encoded; statistics are kept for the small columns
 # only (on the content column they cost ~15% of the write and no reader uses them).
-DICTIONARY_COLUMNS = ["source", "content_type", "charset", "reason"]
-STATISTICS_COLUMNS = ["id", "source", "url", "fetch_date", "content_type", "charset", "reason", "origin", "size"]
+DICTIONARY_COLUMNS = ["source", "content_type", "charset", "reason", "lang"]
+STATISTICS_COLUMNS = ["id", "source", "url", "fetch_date", "content_type", "charset", "reason", "origin", "size",
+                      "lang", "lang_score"]
 
 
 class ShardWriter:

@@ -12,11 +12,9 @@ end is the thin task the flow calls.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,12 +23,11 @@ from typing import Any, Callable, Iterator
 
 from pipeline.artifacts import ArtifactWriter, StageSpec, upload_file
 from pipeline.config import HtmlSource, IngestConfig, JsonlSource, StorageConfig, WarcSource
-from pipeline.counts import merge_counts
-from pipeline.parallel import map_units
 from pipeline.raw_formats import Item, Limits, RawDoc, Reject, read_html_file, read_jsonl, read_warc
 from pipeline.shards import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA, ShardWriter
 from pipeline.sources import InputFile, list_inputs, local_copy
 from pipeline.storage import ObjectStore
+from pipeline.units import merge_records, resolve_writer_thread, run_units
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -124,13 +121,6 @@ class IngestJob:
     prefix: str
 
 
-def resolve_writer_thread(settings: IngestConfig) -> bool:
-    """`auto`: a writer thread per worker only when the machine has a spare core for each."""
-    if settings.writer_thread == "auto":
-        return (os.cpu_count() or 1) >= 2 * settings.workers
-    return bool(settings.writer_thread)
-
-
 def new_counts() -> dict[str, Any]:
     return {"files": 0, "bytes_in": 0, "records": 0, "documents": 0, "content_bytes": 0,
             "quarantined": {}, "skipped": {}}
@@ -143,7 +133,7 @@ def ingest_unit(job: IngestJob, unit: Unit) -> dict:
                     settings.quarantine_sample_bytes)
     counts = new_counts()
     files: list[dict] = []
-    background = resolve_writer_thread(settings)
+    background = resolve_writer_thread(settings.writer_thread, settings.workers)
 
     def uploader(folder: str, role: str) -> Callable[[Path, int], None]:
         def upload(path: Path, rows: int) -> None:
@@ -195,29 +185,11 @@ def run_ingest(source: SourceConfig, settings: IngestConfig, storage: StorageCon
     started = time.monotonic()
     writer = ArtifactWriter(store, spec)
     units = plan_units(source, files, settings)
-    records: dict[str, dict] = {}
-    for unit in units:
-        if (previous := writer.finished_unit(unit.key)) is not None:
-            records[unit.key] = previous
-    todo = [unit for unit in units if unit.key not in records]
-    progress(f"ingest[{source.name}]: {len(units)} units, {sum(u.size for u in units) / MB:.1f} MB; "
-             f"{len(records)} already done by an earlier attempt, {len(todo)} to do")
-    reporter = _Progress(source.name, len(units), len(records), progress, settings.progress_every_seconds)
-
-    def finished(unit: Unit, record: dict) -> None:
-        writer.finish_unit(unit.key, record)
-        records[unit.key] = record
-        reporter.unit_done(unit, record)
-
     job = IngestJob(source, settings, storage, store, spec.prefix)
-    map_units(functools.partial(ingest_unit, job), todo, settings.workers, finished)
-    reporter.report(final=True)
-
+    records = run_units(writer, units, ingest_unit, job, workers=settings.workers, name=f"ingest[{source.name}]",
+                        progress=progress, every=settings.progress_every_seconds)
     counts = new_counts()
-    manifest_files: list[dict] = []
-    for key in sorted(records):
-        merge_counts(counts, records[key]["counts"])
-        manifest_files.extend(records[key]["files"])
+    manifest_files = merge_records(records, counts)
     with tempfile.TemporaryDirectory(dir=settings.scratch_dir) as scratch:
         listing = Path(scratch, "inputs.jsonl")
         listing.write_text("".join(
@@ -233,26 +205,6 @@ def run_ingest(source: SourceConfig, settings: IngestConfig, storage: StorageCon
         "docs_per_s": round(counts["documents"] / seconds, 1) if seconds else None,
     }
     return writer.commit(manifest_files, counts, summary=summary)
-
-
-class _Progress:
-    def __init__(self, name: str, total: int, done: int, emit: Callable[[str], None], every: float):
-        self.name, self.total, self.done, self.emit, self.every = name, total, done, emit, every
-        self.documents = self.bytes = 0
-        self.started = self.last = time.monotonic()
-
-    def unit_done(self, unit: Unit, record: dict) -> None:
-        self.done += 1
-        self.documents += record["counts"]["documents"]
-        self.bytes += unit.size
-        if time.monotonic() - self.last >= self.every:
-            self.report()
-
-    def report(self, final: bool = False) -> None:
-        self.last = time.monotonic()
-        rate = self.bytes / MB / max(self.last - self.started, 1e-9)
-        self.emit(f"ingest[{self.name}]: {self.done}/{self.total} units{' (done)' if final else ''}, "
-                  f"{self.documents} documents, {rate:.1f} MB/s")
 
 
 # ---------------------------------------------------------------------------------------------

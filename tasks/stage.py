@@ -56,6 +56,14 @@ def stage_result(manifest: dict, status: str) -> dict[str, Any]:
     }
 
 
+def upstream_manifest(ctx: RunContext, result: dict) -> dict:
+    """The committed manifest of an upstream stage's result (what this stage reads)."""
+    manifest = read_manifest(ctx.store, result["artifact"], result["version"])
+    if manifest is None:
+        raise RuntimeError(f"{result['artifact']}@{result['version']} is not committed in {ctx.store.uri()}")
+    return manifest
+
+
 def execute_stage(ctx: RunContext, spec: StageSpec, build: Callable[[Callable[[str], None]], dict]) -> Any:
     from prefect.logging import get_run_logger
     from prefect.states import Completed
@@ -84,12 +92,25 @@ def execute_stage(ctx: RunContext, spec: StageSpec, build: Callable[[Callable[[s
 
 def publish(ctx: RunContext, manifest: dict, result: dict) -> None:
     """A markdown summary in the Prefect UI: counts, removals by reason, and where the artifact is."""
-    from prefect.artifacts import create_markdown_artifact
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     key = re.sub(r"[^a-z0-9-]+", "-", manifest["artifact"].lower()).strip("-")
     link = ctx.store.http_link(join_key(artifact_prefix(manifest["artifact"], manifest["version"]), MANIFEST))
+    description = f"{manifest['artifact']} @ {manifest['version']}"
     create_markdown_artifact(key=key, markdown=summary_markdown(manifest, result["status"], link),
-                             description=f"{manifest['artifact']} @ {manifest['version']}")
+                             description=description)
+    create_table_artifact(key=f"{key}-counts", table=counts_table(manifest.get("counts", {})),
+                          description=f"{description}: counts (in, out, removed by reason, histograms)")
+
+
+def counts_table(counts: dict) -> list[dict]:
+    """Counts as table rows: plain counters, then one row per reason / language of each group."""
+    rows = [{"counter": name, "key": "", "value": value} for name, value in counts.items()
+            if not isinstance(value, dict)]
+    for group, values in counts.items():
+        if isinstance(values, dict):
+            rows += [{"counter": group, "key": key, "value": value} for key, value in values.items()]
+    return rows
 
 
 def summary_markdown(manifest: dict, status: str, link: str | None) -> str:
@@ -104,13 +125,8 @@ def summary_markdown(manifest: dict, status: str, link: str | None) -> str:
         "| counter | value |",
         "|---|---:|",
     ]
-    for name, value in counts.items():
-        if not isinstance(value, dict):
-            lines.append(f"| {name} | {value:,} |")
-    for group, reasons in counts.items():
-        if isinstance(reasons, dict):
-            for reason, value in sorted(reasons.items()):
-                lines.append(f"| {group}: {reason} | {value:,} |")
+    for row in counts_table(counts):
+        lines.append(f"| {row['counter']}{': ' + row['key'] if row['key'] else ''} | {row['value']:,} |")
     summary = manifest.get("summary", {})
     if summary.get("seconds") is not None:
         lines += ["", f"Built in {summary['seconds']} s ({summary.get('mb_per_s')} MB/s, "

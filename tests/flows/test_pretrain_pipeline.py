@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.pretrain_pipeline import STAGES
 from pipeline.artifacts import list_versions, read_manifest
 from pipeline.config import ConfigError, load_config
 from pipeline.sources import list_inputs
@@ -63,8 +65,8 @@ def test_flow_builds_each_source_then_skips_them_as_cached(tmp_path, seaweed, bu
     assert first.is_completed(), first.message
     result = first.result()
     assert {s["status"] for s in result["stages"].values()} == {"executed"}
-    assert _task_state_names(first.state_details.flow_run_id) == {"ingest[web]": "Completed",
-                                                                   "ingest[docs]": "Completed"}
+    assert _task_state_names(first.state_details.flow_run_id) == {
+        f"{stage}[{source}]": "Completed" for stage in STAGES for source in ("web", "docs")}
     store = S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url)
     web = read_manifest(store, "ingest/web", result["stages"]["ingest/web"]["version"])
     assert web["counts"]["documents"] == 10 and web["counts"]["skipped"] == {"warc_request_record": 10}
@@ -101,18 +103,23 @@ def test_only_and_force(tmp_path, seaweed, bucket, inputs):
     from flows.pretrain_pipeline import pretrain_pipeline
 
     config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=_sources(inputs))
-    only_web = pretrain_pipeline(config_path=str(config), only=["ingest/web"], return_state=True)
-    # docs is outside `only` and has no artifact yet: the run says so instead of building it.
-    assert only_web.is_failed()
-    record = read_run(S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url), str(only_web.state_details.flow_run_id))
-    assert record["stages"]["ingest/web"]["status"] == "executed"
+    only_web = pretrain_pipeline(config_path=str(config), only=["ingest/web"])
+    assert {name: stage["status"] for name, stage in only_web["stages"].items()} == {"ingest/web": "executed"}
+    # clean/docs needs ingest/docs, which is outside `only` and not built yet: the run says so.
+    only_clean = pretrain_pipeline(config_path=str(config), only=["clean/docs"], return_state=True)
+    assert only_clean.is_failed()
+    record = read_run(S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url), str(only_clean.state_details.flow_run_id))
     assert "not selected by `only`" in record["stages"]["ingest/docs"]["error"]
+    assert record["stages"]["clean/docs"]["status"] == "not_run"
 
     built = pretrain_pipeline(config_path=str(config))
     forced = pretrain_pipeline(config_path=str(config), force=["ingest/web"])
     assert forced["stages"]["ingest/web"]["status"] == "executed"
     assert forced["stages"]["ingest/web"]["version"] != built["stages"]["ingest/web"]["version"]
     assert forced["stages"]["ingest/docs"]["status"] == "cached"
+    # a new ingest version gives new versions downstream
+    assert forced["stages"]["clean/web"]["status"] == "executed"
+    assert forced["stages"]["clean/web"]["version"] != built["stages"]["clean/web"]["version"]
 
     with pytest.raises(ConfigError, match=r"unknown stage\(s\) \['ingest/nope'\]"):
         pretrain_pipeline(config_path=str(config), only=["ingest/nope"])
@@ -187,7 +194,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, seaweed, 
     resumed = _run_cli(killed, env)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
-    assert "already done by an earlier attempt" in output and " 0 already done" not in output
+    resumed_units = re.search(r"ingest\[web\]: \d+ units, [\d.]+ MB; (\d+) already done", output)
+    assert resumed_units and int(resumed_units.group(1)) > 0, output
     uninterrupted = _run_cli(clean, env)
     output, _ = uninterrupted.communicate(timeout=300)
     assert uninterrupted.returncode == 0, output

@@ -1,0 +1,47 @@
+"""Run the per-source stage cores (no Prefect) into a store, for the stage tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import CleanConfig, IngestConfig, LangidConfig, StorageConfig
+from pipeline.sources import list_inputs
+from tasks.clean import clean_spec, run_clean
+from tasks.ingest import ingest_spec, run_ingest
+from tasks.langid import langid_spec, resolve_model_path, run_langid
+from pipeline.models import file_sha256
+
+
+
+def ingest(store, source, ingest_cfg: IngestConfig | None = None) -> dict:
+    ingest_cfg = ingest_cfg or IngestConfig(workers=1)
+    storage = StorageConfig(backend="local")
+    files = list_inputs(source, storage)
+    spec = ingest_spec(source, files, ingest_cfg)
+    return run_ingest(source, ingest_cfg, storage, store, spec, files, progress=lambda _m: None)
+
+
+def clean(store, source_name: str, upstream: dict, settings: CleanConfig | None = None) -> dict:
+    settings = settings or CleanConfig(workers=1)
+    spec = clean_spec(source_name, settings, upstream)
+    return run_clean(source_name, settings, store, spec, upstream, progress=lambda _m: None)
+
+
+def langid(store, source_name: str, upstream: dict, settings: LangidConfig | None = None) -> dict:
+    settings = settings or LangidConfig(workers=1)
+    spec = langid_spec(source_name, settings, upstream, file_sha256(resolve_model_path(settings)))
+    return run_langid(source_name, settings, store, spec, upstream, progress=lambda _m: None)
+
+
+def read_rows(store, manifest: dict, role: str = "documents", tmp: Path | None = None) -> list[dict]:
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from pipeline.artifacts import fetch_verified, files_with_role
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=tmp) as scratch:
+        for entry in files_with_role(manifest, role):
+            rows += pq.read_table(fetch_verified(store, manifest, entry, Path(scratch))).to_pylist()
+    return rows
