@@ -206,6 +206,12 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, seaweed, 
     assert [(f["path"], f["sha256"]) for f in resumed_manifest["files"]] == \
         [(f["path"], f["sha256"]) for f in clean_manifest["files"]]
     assert resumed_manifest["counts"] == clean_manifest["counts"]
+    # and so is everything downstream: same versions, same bytes
+    for artifact in ("clean/web", "langid/web"):
+        [resumed] = list_versions(store, artifact)
+        [uninterrupted] = list_versions(S3Store(bucket, "clean", endpoint_url=seaweed.endpoint_url), artifact)
+        assert resumed["version"] == uninterrupted["version"]
+        assert [f["sha256"] for f in resumed["files"]] == [f["sha256"] for f in uninterrupted["files"]]
 
 
 def test_a_corpus_of_broken_records_completes_with_every_record_counted(tmp_path, seaweed, bucket):
