@@ -56,6 +56,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable
 
+from shared_machine import cpu_ticks, wait_until_quiet  # benchmarks/ is sys.path[0]
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 CACHE = BENCH / ".cache"
@@ -87,32 +89,6 @@ def log(message: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Timing on a shared machine
-
-
-def _cpu_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields[:8]) - idle, sum(fields[:8])
-
-
-def busy_fraction(seconds: float = 0.5) -> float:
-    busy0, total0 = _cpu_ticks()
-    time.sleep(seconds)
-    busy1, total1 = _cpu_ticks()
-    return (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
-
-
-def wait_until_quiet(limit: float, threshold: float = 0.15) -> tuple[float, float]:
-    """Wait (at most `limit` s) until other jobs leave the CPUs mostly idle; returns (busy, waited)."""
-    started = time.monotonic()
-    busy = busy_fraction(0.3)
-    while busy > threshold and time.monotonic() - started < limit:
-        busy = busy_fraction(1.0)
-    return round(busy, 3), round(time.monotonic() - started, 1)
 
 
 def _stats(runs: list[dict], items: int, passes: int) -> dict:
@@ -151,14 +127,14 @@ def measure_group(entries: list[tuple[str, Callable[[], object], int]], repeats:
     for _ in range(repeats):
         for name, fn, _ in entries:
             gc.collect()
-            ticks0 = _cpu_ticks()
+            ticks0 = cpu_ticks()
             cpu0 = time.process_time()
             wall0 = time.perf_counter()
             for _ in range(passes[name]):
                 fn()
             wall = time.perf_counter() - wall0
             cpu = time.process_time() - cpu0
-            ticks1 = _cpu_ticks()
+            ticks1 = cpu_ticks()
             others = max((ticks1[0] - ticks0[0]) / hz - cpu, 0.0)
             runs[name].append({"wall_s": wall / passes[name], "cpu_s": cpu / passes[name],
                                "other_jobs_cpu_share": round(min(others / (wall * cpus), 1.0), 3) if wall else None})

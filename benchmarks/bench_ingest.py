@@ -6,7 +6,7 @@ Run from the repository root:
     .venv/bin/python benchmarks/bench_ingest.py --help     # corpus size, repeats, --profile, ...
 
 1. Builds (once, deterministically, cached in benchmarks/.cache/corpus/) a corpus of 8 WARC.gz files
-   of ~10 MB each, written with warcio as a crawler writes them: a warcinfo record, then request +
+   of ~20 MB each, written with warcio as a crawler writes them: a warcinfo record, then request +
    response pairs with HTTP headers, varied URLs, record ids and dates, a few redirects, 404s and
    non-HTML responses. The pages come from the bundled sample (data/sample/web/*.warc.gz) when it
    is present, otherwise from Debian's installation guide (HTML in 19 languages, fetched with
@@ -50,6 +50,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from shared_machine import cpu_ticks, wait_until_quiet  # benchmarks/ is sys.path[0]
 
 # Keep the imports above stdlib-only: worker processes are spawned and re-import this module.
 
@@ -623,40 +625,13 @@ def child_main(name: str, repeats: int) -> None:
     print("BENCH-RESULT " + json.dumps(result), flush=True)
 
 
-def _cpu_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields[:8]) - idle, sum(fields[:8])
-
-
-def busy_fraction(seconds: float = 0.5) -> float:
-    """Share of all CPUs busy over a short window (other jobs on a shared machine)."""
-    busy0, total0 = _cpu_ticks()
-    time.sleep(seconds)
-    busy1, total1 = _cpu_ticks()
-    return (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
-
-
-def wait_until_quiet(limit: float, threshold: float = 0.15) -> tuple[float, float]:
-    """Wait (at most `limit` s) until other jobs leave the CPUs mostly idle; returns (busy, waited)."""
-    started = time.monotonic()
-    busy = busy_fraction()
-    while busy > threshold and time.monotonic() - started < limit:
-        busy = busy_fraction(1.0)
-    return round(busy, 3), round(time.monotonic() - started, 1)
-
-
 def run_child(name: str, repeats: int) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--measure", name, "--repeats", str(repeats)]
-    before_ticks, before_children = _cpu_ticks(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    before_ticks, before_children = cpu_ticks(), resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    after_ticks, after_children = _cpu_ticks(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    after_ticks, after_children = cpu_ticks(), resource.getrusage(resource.RUSAGE_CHILDREN)
     lines = [line for line in out.stdout.splitlines() if line.startswith("BENCH-RESULT ")]
     if out.returncode != 0 or not lines:
         log(out.stdout[-4000:])
@@ -800,7 +775,7 @@ def summarize(name: str, raw: dict, corpus: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="repeats per measurement (median reported)")
-    parser.add_argument("--corpus-mb", type=float, default=80.0, help="compressed corpus size to build")
+    parser.add_argument("--corpus-mb", type=float, default=160.0, help="compressed corpus size to build")
     parser.add_argument("--files", type=int, default=8, help="number of WARC.gz files")
     parser.add_argument("--only", nargs="*", choices=sorted(MEASUREMENTS), help="run only these measurements")
     parser.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS measurement")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,10 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .artifacts import ArtifactWriter, fetch_verified, files_with_role
+from .artifacts import ArtifactWriter, fetch_verified, files_with_role, upload_file
 from .counts import merge_counts
 from .parallel import map_units
+from .shards import ShardWriter
 from .storage import ObjectStore
 
 MB = 1024 * 1024
@@ -67,6 +69,59 @@ def resolve_writer_thread(setting: str | bool, workers: int) -> bool:
     if setting == "auto":
         return (os.cpu_count() or 1) >= 2 * workers
     return bool(setting)
+
+
+class UnitOutput:
+    """The output of one work unit: shard writers in a scratch directory, each shard uploaded into
+    the artifact as soon as it is complete; `close()` returns the uploaded files' manifest entries."""
+
+    def __init__(self, store: ObjectStore, prefix: str, unit_key: str, settings: Any, stage: str):
+        self.store, self.prefix, self.unit_key, self.settings = store, prefix, unit_key, settings
+        self._scratch = tempfile.TemporaryDirectory(dir=settings.scratch_dir, prefix=f"{stage}-")
+        self.scratch = Path(self._scratch.name)
+        self.files: list[dict] = []
+        self._writers: list[ShardWriter] = []
+
+    def writer(self, folder: str, schema: pa.Schema, role: str, size_column: str, *, background: bool = False,
+               **extra: Any) -> ShardWriter:
+        """Shards `<folder>/<unit>-NNNN.parquet` of the given role (`extra` goes into their entries)."""
+        def upload(path: Path, rows: int) -> None:
+            self.files.append(upload_file(self.store, self.prefix, f"{folder}/{path.name}", path, role,
+                                          rows=rows, **extra))
+
+        writer = ShardWriter(self.scratch / folder, self.unit_key, schema, max_bytes=self.settings.shard_max_mb * MB,
+                             max_rows=self.settings.shard_max_docs, compression_level=self.settings.compression_level,
+                             size_column=size_column, background=background, on_closed=upload)
+        self._writers.append(writer)
+        return writer
+
+    def close(self) -> list[dict]:
+        try:
+            for writer in self._writers:
+                writer.close()
+        finally:
+            self._scratch.cleanup()
+        return self.files
+
+    def __enter__(self) -> "UnitOutput":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._scratch.cleanup()
+
+
+def commit_units(writer: ArtifactWriter, records: list[dict], counts: dict, started: float, *,
+                 extra_files: Sequence[dict] = (), **summary: Any) -> dict:
+    """Merge the units' files and counts, add timing figures to the summary, commit the manifest."""
+    files = merge_records(records, counts) + list(extra_files)
+    seconds = time.monotonic() - started
+    summary.update(units=len(records), seconds=round(seconds, 3))
+    if seconds:
+        documents = counts.get("documents_in", counts.get("documents", 0))
+        summary["docs_per_s"] = round(documents / seconds, 1)
+        if "bytes_in" in counts:
+            summary["mb_per_s"] = round(counts["bytes_in"] / MB / seconds, 2)
+    return writer.commit(files, counts, summary=summary)
 
 
 def run_units(writer: ArtifactWriter, units: Sequence[Unit], work: Callable[[Any, Unit], dict], job: Any, *,

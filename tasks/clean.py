@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import codecs
 import re
-import tempfile
 import time
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.artifacts import ArtifactWriter, StageSpec, upload_file
+from pipeline.artifacts import ArtifactWriter, StageSpec
 from pipeline.config import CleanConfig
 from pipeline.shards import CLEAN_SCHEMA, QUARANTINE_SCHEMA, ShardWriter
 from pipeline.storage import ObjectStore
-from pipeline.units import ShardUnit, merge_records, read_shard, resolve_writer_thread, run_units, shard_units
+from pipeline.units import (ShardUnit, UnitOutput, commit_units, read_shard, resolve_writer_thread, run_units,
+                            shard_units)
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -174,29 +173,16 @@ def clean_shard(job: CleanJob, unit: ShardUnit) -> dict:
     settings = job.settings
     boilerplate = compile_patterns(settings.boilerplate_patterns)
     counts = new_counts()
-    files: list[dict] = []
-
-    def uploader(folder: str, role: str):
-        def upload(path: Path, rows: int) -> None:
-            files.append(upload_file(job.store, job.prefix, f"{folder}/{path.name}", path, role, rows=rows))
-        return upload
-
-    with tempfile.TemporaryDirectory(dir=settings.scratch_dir, prefix="clean-") as scratch:
-        documents = ShardWriter(Path(scratch, "data"), unit.key, CLEAN_SCHEMA, max_bytes=settings.shard_max_mb * MB,
-                                max_rows=settings.shard_max_docs, compression_level=settings.compression_level,
-                                size_column="text", background=resolve_writer_thread("auto", settings.workers),
-                                on_closed=uploader("data", "documents"))
-        removed = ShardWriter(Path(scratch, "removed"), unit.key, QUARANTINE_SCHEMA,
-                              max_bytes=settings.shard_max_mb * MB, max_rows=settings.shard_max_docs,
-                              compression_level=settings.compression_level, size_column="sample",
-                              on_closed=uploader("removed", "removed"))
+    with UnitOutput(job.store, job.prefix, unit.key, settings, STAGE) as out:
+        documents = out.writer("data", CLEAN_SCHEMA, "documents", "text",
+                               background=resolve_writer_thread("auto", settings.workers))
+        removed = out.writer("removed", QUARANTINE_SCHEMA, "removed", "sample")
         columns = ["id", "source", "url", "fetch_date", "content_type", "charset", "content"]
-        for batch in read_shard(job.store, job.upstream, unit.entry, Path(scratch), columns):
+        for batch in read_shard(job.store, job.upstream, unit.entry, out.scratch, columns):
             for row in batch.to_pylist():
                 counts["documents_in"] += 1
                 _clean_document(row, job.extractor, settings, boilerplate, documents, removed, counts)
-        documents.close()
-        removed.close()
+        files = out.close()
     return {"unit": unit.key, "files": files, "counts": counts}
 
 
@@ -208,7 +194,7 @@ def _clean_document(row: dict, extractor: str, settings: CleanConfig, boilerplat
         title, text = None, raw
     else:
         raw, charset, how = decode_html(content, row["charset"])
-        if row["charset"] and _codec(row["charset"]) not in (None, charset) and how in ("utf-8", "meta"):
+        if row["charset"] and _codec(row["charset"]) not in (None, charset) and how in ("utf-8", "meta", "detected"):
             counts["charset_relabelled"] += 1
         try:
             title, text = extract(raw, extractor)
@@ -255,12 +241,7 @@ def run_clean(source: str, settings: CleanConfig, store: ObjectStore, spec: Stag
     job = CleanJob(source, settings, settings.extractor_for(source), store, upstream, spec.prefix)
     records = run_units(writer, units, clean_shard, job, workers=settings.workers, name=f"clean[{source}]",
                         progress=progress, every=settings.progress_every_seconds)
-    counts = new_counts()
-    files = merge_records(records, counts)
-    seconds = time.monotonic() - started
-    summary = {"extractor": job.extractor, "units": len(units), "seconds": round(seconds, 3),
-               "docs_per_s": round(counts["documents_in"] / seconds, 1) if seconds else None}
-    return writer.commit(files, counts, summary=summary)
+    return commit_units(writer, records, new_counts(), started, extractor=job.extractor)
 
 
 @task(name="clean", task_run_name="clean[{source_name}]", cache_policy=NO_CACHE, persist_result=False)

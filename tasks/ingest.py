@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline.artifacts import ArtifactWriter, StageSpec, upload_file
+from pipeline.artifacts import ArtifactWriter, StageSpec
 from pipeline.config import HtmlSource, IngestConfig, JsonlSource, StorageConfig, WarcSource
 from pipeline.raw_formats import Item, Limits, RawDoc, Reject, read_html_file, read_jsonl, read_warc
 from pipeline.shards import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA, ShardWriter
 from pipeline.sources import InputFile, list_inputs, local_copy
 from pipeline.storage import ObjectStore
-from pipeline.units import merge_records, resolve_writer_thread, run_units
+from pipeline.units import UnitOutput, commit_units, resolve_writer_thread, run_units
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -132,23 +132,10 @@ def ingest_unit(job: IngestJob, unit: Unit) -> dict:
     limits = Limits(int(settings.max_record_mb * MB), tuple(settings.html_content_types),
                     settings.quarantine_sample_bytes)
     counts = new_counts()
-    files: list[dict] = []
-    background = resolve_writer_thread(settings.writer_thread, settings.workers)
-
-    def uploader(folder: str, role: str) -> Callable[[Path, int], None]:
-        def upload(path: Path, rows: int) -> None:
-            files.append(upload_file(job.store, job.prefix, f"{folder}/{path.name}", path, role, rows=rows))
-        return upload
-
-    with tempfile.TemporaryDirectory(dir=settings.scratch_dir, prefix="ingest-") as scratch:
-        documents = ShardWriter(Path(scratch, "data"), unit.key, DOCUMENT_SCHEMA, max_bytes=settings.shard_max_mb * MB,
-                                max_rows=settings.shard_max_docs, compression_level=settings.compression_level,
-                                size_column="content", background=background,
-                                on_closed=uploader("data", "documents"))
-        quarantine = ShardWriter(Path(scratch, "quarantine"), unit.key, QUARANTINE_SCHEMA,
-                                 max_bytes=settings.shard_max_mb * MB, max_rows=settings.shard_max_docs,
-                                 compression_level=settings.compression_level, size_column="sample",
-                                 on_closed=uploader("quarantine", "quarantine"))
+    with UnitOutput(job.store, job.prefix, unit.key, settings, STAGE) as out:
+        documents = out.writer("data", DOCUMENT_SCHEMA, "documents", "content",
+                               background=resolve_writer_thread(settings.writer_thread, settings.workers))
+        quarantine = out.writer("quarantine", QUARANTINE_SCHEMA, "quarantine", "sample")
         for file in unit.files:
             counts["files"] += 1
             counts["bytes_in"] += file.size
@@ -156,8 +143,7 @@ def ingest_unit(job: IngestJob, unit: Unit) -> dict:
                             settings.scratch_dir) as path:
                 for item in read_items(job.source, path, file, limits):
                     _route(item, job.source.name, file.relpath, documents, quarantine, counts)
-        documents.close()
-        quarantine.close()
+        files = out.close()
     return {"unit": unit.key, "files": files, "counts": counts}
 
 
@@ -188,23 +174,14 @@ def run_ingest(source: SourceConfig, settings: IngestConfig, storage: StorageCon
     job = IngestJob(source, settings, storage, store, spec.prefix)
     records = run_units(writer, units, ingest_unit, job, workers=settings.workers, name=f"ingest[{source.name}]",
                         progress=progress, every=settings.progress_every_seconds)
-    counts = new_counts()
-    manifest_files = merge_records(records, counts)
     with tempfile.TemporaryDirectory(dir=settings.scratch_dir) as scratch:
         listing = Path(scratch, "inputs.jsonl")
         listing.write_text("".join(
             json.dumps({"path": f.relpath, "bytes": f.size, "fingerprint": f.fingerprint}) + "\n" for f in files
         ))
-        manifest_files.append(writer.put_file("inputs.jsonl", listing, "inputs", rows=len(files)))
-    seconds = time.monotonic() - started
-    summary = {
-        "source": {"name": source.name, "kind": source.kind, "location": source.location},
-        "units": len(units),
-        "seconds": round(seconds, 3),
-        "mb_per_s": round(counts["bytes_in"] / MB / seconds, 2) if seconds else None,
-        "docs_per_s": round(counts["documents"] / seconds, 1) if seconds else None,
-    }
-    return writer.commit(manifest_files, counts, summary=summary)
+        inputs = writer.put_file("inputs.jsonl", listing, "inputs", rows=len(files))
+    return commit_units(writer, records, new_counts(), started, extra_files=[inputs],
+                        source={"name": source.name, "kind": source.kind, "location": source.location})
 
 
 # ---------------------------------------------------------------------------------------------

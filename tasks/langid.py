@@ -12,19 +12,19 @@ The core (`LanguageIdentifier`, `langid_shard`, `run_langid`) knows nothing of P
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.artifacts import ArtifactWriter, StageSpec, upload_file
+from pipeline.artifacts import ArtifactWriter, StageSpec
 from pipeline.config import LangidConfig
 from pipeline.models import file_sha256, lid_model_path
 from pipeline.shards import LANGID_SCHEMA, QUARANTINE_SCHEMA, ShardWriter
 from pipeline.storage import ObjectStore
-from pipeline.units import ShardUnit, merge_records, read_shard, resolve_writer_thread, run_units, shard_units
+from pipeline.units import (ShardUnit, UnitOutput, commit_units, read_shard, resolve_writer_thread, run_units,
+                            shard_units)
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -91,27 +91,12 @@ def langid_shard(job: LangidJob, unit: ShardUnit) -> dict:
     settings = job.settings
     model = identifier(job.model_path, settings.top_k)
     counts = new_counts()
-    files: list[dict] = []
-
-    def uploader(folder: str, role: str, **extra: Any):
-        def upload(path: Path, rows: int) -> None:
-            files.append(upload_file(job.store, job.prefix, f"{folder}/{path.name}", path, role, rows=rows, **extra))
-        return upload
-
-    with tempfile.TemporaryDirectory(dir=settings.scratch_dir, prefix="langid-") as scratch_dir:
-        scratch = Path(scratch_dir)
-
-        def shard_writer(folder: str, schema, role: str, size_column: str, background: bool = False, **extra):
-            return ShardWriter(scratch / folder, unit.key, schema, max_bytes=settings.shard_max_mb * MB,
-                               max_rows=settings.shard_max_docs, compression_level=settings.compression_level,
-                               size_column=size_column, background=background,
-                               on_closed=uploader(folder, role, **extra))
-
-        kept = shard_writer("data", LANGID_SCHEMA, "documents", "text",
-                            background=resolve_writer_thread("auto", settings.workers))
-        removed = shard_writer("removed", QUARANTINE_SCHEMA, "removed", "sample")
+    with UnitOutput(job.store, job.prefix, unit.key, settings, STAGE) as out:
+        kept = out.writer("data", LANGID_SCHEMA, "documents", "text",
+                          background=resolve_writer_thread("auto", settings.workers))
+        removed = out.writer("removed", QUARANTINE_SCHEMA, "removed", "sample")
         routed: dict[str, ShardWriter] = {}
-        for batch in read_shard(job.store, job.upstream, unit.entry, scratch):
+        for batch in read_shard(job.store, job.upstream, unit.entry, out.scratch):
             rows = batch.to_pylist()
             for row, (lang, score, topk) in zip(rows, model.predict([row["text"] for row in rows])):
                 counts["documents_in"] += 1
@@ -129,15 +114,14 @@ def langid_shard(job: LangidJob, unit: ShardUnit) -> dict:
                     partition = UNDETERMINED if below else lang
                     counts["routed"][partition] = counts["routed"].get(partition, 0) + 1
                     if partition not in routed:
-                        routed[partition] = shard_writer(f"routed/lang={partition}", LANGID_SCHEMA, "routed",
-                                                         "text", lang=partition)
+                        routed[partition] = out.writer(f"routed/lang={partition}", LANGID_SCHEMA, "routed",
+                                                       "text", lang=partition)
                     routed[partition].add(labelled)
                 else:
                     counts["removed"][reason] = counts["removed"].get(reason, 0) + 1
                     removed.add((row["source"], row["id"], reason, f"{lang} {score:.3f} (threshold {threshold})",
                                  len(row["text"]), row["text"].encode()[: settings.removed_sample_bytes]))
-        for writer in (kept, removed, *routed.values()):
-            writer.close()
+        files = out.close()
     return {"unit": unit.key, "files": files, "counts": counts}
 
 
@@ -158,13 +142,7 @@ def run_langid(source: str, settings: LangidConfig, store: ObjectStore, spec: St
     job = LangidJob(source, settings, str(resolve_model_path(settings)), store, upstream, spec.prefix)
     records = run_units(writer, units, langid_shard, job, workers=settings.workers, name=f"langid[{source}]",
                         progress=progress, every=settings.progress_every_seconds)
-    counts = new_counts()
-    files = merge_records(records, counts)
-    counts["languages"] = dict(sorted(counts["languages"].items(), key=lambda item: (-item[1], item[0])))
-    seconds = time.monotonic() - started
-    summary = {"model": Path(job.model_path).name, "units": len(units), "seconds": round(seconds, 3),
-               "docs_per_s": round(counts["documents_in"] / seconds, 1) if seconds else None}
-    return writer.commit(files, counts, summary=summary)
+    return commit_units(writer, records, new_counts(), started, model=Path(job.model_path).name)
 
 
 @task(name="langid", task_run_name="langid[{source_name}]", cache_policy=NO_CACHE, persist_result=False)
