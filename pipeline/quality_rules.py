@@ -1,0 +1,214 @@
+"""Heuristic quality rules reimplemented from their published definitions, for the quality stage.
+
+- Gopher quality and Gopher repetition: Rae et al. 2021, "Scaling Language Models" (MassiveText),
+  appendix A, with the thresholds datatrove uses.
+- C4: Raffel et al. 2020 (the C4 cleaning of Common Crawl), as datatrove's C4QualityFilter applies it:
+  lines are removed, then the document may be.
+- FineWeb: Penedo et al. 2024, the three custom filters (and the newline ratio) of datatrove's
+  FineWebQualityFilter.
+
+Each rule set is a frozen dataclass of its thresholds (the defaults are the published ones) with a
+`check(text) -> reason | None`; the reason names the rule that removed the document, so removals can
+be counted per rule. Words are whitespace-separated tokens. The stop-word rules are English.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+BULLETS = ("•", "‣", "⁃", "◦", "●", "▪", "-", "*", "·")
+ELLIPSES = ("...", "…")
+TERMINAL_PUNCTUATION = (".", "!", "?", '"', "'", "。", "！", "？", "”", "»")
+POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
+                     "use cookies")
+_LINES = re.compile(r"\n+")
+_PARAGRAPHS = re.compile(r"\n{2,}")
+_SENTENCE_END = re.compile(r"[.!?。！？]+(?=\s|$)")
+
+
+def duplicates(items: list[str]) -> tuple[int, int]:
+    """(number of items that repeat an earlier one, their characters) — the first copy is not counted."""
+    seen: set[str] = set()
+    count = chars = 0
+    for item in items:
+        if item in seen:
+            count += 1
+            chars += len(item)
+        else:
+            seen.add(item)
+    return count, chars
+
+
+def top_ngram_chars(words: list[str], n: int) -> int:
+    """Characters covered by the most frequent word n-gram (its length times its count)."""
+    grams = Counter(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+    if not grams:
+        return 0
+    gram, count = grams.most_common(1)[0]
+    return len(gram) * count if count > 1 else 0
+
+
+def duplicated_ngram_chars(words: list[str], n: int) -> int:
+    """Characters in word n-grams that repeat an earlier n-gram, each repeat counted once (no overlap)."""
+    seen: set[tuple[str, ...]] = set()
+    chars = index = 0
+    while index <= len(words) - n:
+        gram = tuple(words[index:index + n])
+        if gram in seen:
+            chars += sum(len(word) for word in gram)
+            index += n
+        else:
+            seen.add(gram)
+            index += 1
+    return chars
+
+
+@dataclass(frozen=True)
+class GopherQuality:
+    min_doc_words: int = 50
+    max_doc_words: int = 100_000
+    min_avg_word_length: float = 3
+    max_avg_word_length: float = 10
+    max_symbol_word_ratio: float = 0.1
+    max_bullet_lines_ratio: float = 0.9
+    max_ellipsis_lines_ratio: float = 0.3
+    max_non_alpha_words_ratio: float = 0.8  # at least this share of words must contain a letter
+    min_stop_words: int = 2
+    check_stop_words: bool = True  # English stop words: switch off for other languages
+
+    def check(self, text: str) -> str | None:
+        words = text.split()
+        if len(words) < self.min_doc_words:
+            return "gopher_short_doc"
+        if len(words) > self.max_doc_words:
+            return "gopher_long_doc"
+        average = sum(len(word) for word in words) / len(words)
+        if average < self.min_avg_word_length:
+            return "gopher_below_avg_word_length"
+        if average > self.max_avg_word_length:
+            return "gopher_above_avg_word_length"
+        symbols = text.count("#") + sum(text.count(ellipsis) for ellipsis in ELLIPSES)
+        if symbols / len(words) > self.max_symbol_word_ratio:
+            return "gopher_symbol_word_ratio"
+        lines = [line for line in text.split("\n") if line.strip()]
+        if lines and sum(line.lstrip().startswith(BULLETS) for line in lines) / len(lines) > self.max_bullet_lines_ratio:
+            return "gopher_bullet_lines_ratio"
+        if lines and sum(line.rstrip().endswith(ELLIPSES) for line in lines) / len(lines) > \
+                self.max_ellipsis_lines_ratio:
+            return "gopher_ellipsis_lines_ratio"
+        if sum(any(ch.isalpha() for ch in word) for word in words) / len(words) < self.max_non_alpha_words_ratio:
+            return "gopher_non_alpha_words_ratio"
+        if self.check_stop_words and sum(word.lower() in GOPHER_STOP_WORDS for word in words) < self.min_stop_words:
+            return "gopher_few_stop_words"
+        return None
+
+
+@dataclass(frozen=True)
+class GopherRepetition:
+    max_dup_line_frac: float = 0.3
+    max_dup_para_frac: float = 0.3
+    max_dup_line_char_frac: float = 0.2
+    max_dup_para_char_frac: float = 0.2
+    top_ngrams: tuple[tuple[int, float], ...] = ((2, 0.2), (3, 0.18), (4, 0.16))
+    dup_ngrams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
+
+    def check(self, text: str) -> str | None:
+        if not text:
+            return None
+        paragraphs = [p for p in _PARAGRAPHS.split(text.strip()) if p]
+        count, chars = duplicates(paragraphs)
+        if paragraphs and count / len(paragraphs) > self.max_dup_para_frac:
+            return "gopher_dup_para_frac"
+        if chars / len(text) > self.max_dup_para_char_frac:
+            return "gopher_dup_para_char_frac"
+        lines = [line for line in _LINES.split(text.strip()) if line]
+        count, chars = duplicates(lines)
+        if lines and count / len(lines) > self.max_dup_line_frac:
+            return "gopher_dup_line_frac"
+        if chars / len(text) > self.max_dup_line_char_frac:
+            return "gopher_dup_line_char_frac"
+        words = text.split()
+        for n, limit in self.top_ngrams:
+            if top_ngram_chars(words, n) / len(text) > limit:
+                return f"gopher_top_{n}_gram"
+        for n, limit in self.dup_ngrams:
+            if duplicated_ngram_chars(words, n) / len(text) > limit:
+                return f"gopher_dup_{n}_grams"
+        return None
+
+
+@dataclass(frozen=True)
+class C4Quality:
+    """Lines without terminal punctuation, with fewer than `min_words_per_line` words, with a word
+    longer than `max_word_length`, mentioning javascript or a policy are removed; the document is
+    removed if it has lorem ipsum or a curly bracket, or fewer than `min_sentences` sentences left."""
+
+    min_words_per_line: int = 3
+    max_word_length: int = 1000
+    min_sentences: int = 5
+    filter_no_terminal_punct: bool = True
+    filter_javascript: bool = True
+    filter_policy: bool = True
+    filter_lorem_ipsum: bool = True
+    filter_curly_bracket: bool = True
+
+    def apply(self, text: str) -> tuple[str, str | None, int]:
+        """(text with bad lines removed, the reason the document is removed or None, lines removed)."""
+        lowered = text.lower()
+        if self.filter_lorem_ipsum and "lorem ipsum" in lowered:
+            return text, "c4_lorem_ipsum", 0
+        if self.filter_curly_bracket and "{" in text:
+            return text, "c4_curly_bracket", 0
+        kept, removed = [], 0
+        for line in text.split("\n"):
+            stripped = line.strip()
+            if not stripped:
+                kept.append(line)
+                continue
+            words = stripped.split()
+            lower = stripped.lower()
+            if (self.filter_no_terminal_punct and not stripped.endswith(TERMINAL_PUNCTUATION)) \
+                    or len(words) < self.min_words_per_line \
+                    or any(len(word) > self.max_word_length for word in words) \
+                    or (self.filter_javascript and "javascript" in lower) \
+                    or (self.filter_policy and any(policy in lower for policy in POLICY_SUBSTRINGS)):
+                removed += 1
+                continue
+            kept.append(line)
+        cleaned = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
+        if len(_SENTENCE_END.findall(cleaned)) < self.min_sentences:
+            return cleaned, "c4_too_few_sentences", removed
+        return cleaned, None, removed
+
+    def check(self, text: str) -> str | None:
+        return self.apply(text)[1]
+
+
+@dataclass(frozen=True)
+class FineWebQuality:
+    line_punct_thr: float = 0.12
+    line_punct_exclude_zero: bool = False
+    short_line_thr: float = 0.67
+    short_line_length: int = 30
+    char_duplicates_ratio: float = 0.01
+    new_line_ratio: float = 0.3
+
+    def check(self, text: str) -> str | None:
+        lines = [line for line in text.split("\n") if line.strip()]
+        if not lines:
+            return "fineweb_empty"
+        punct = sum(line.rstrip().endswith(TERMINAL_PUNCTUATION) for line in lines) / len(lines)
+        if punct < self.line_punct_thr and not (punct == 0 and self.line_punct_exclude_zero):
+            return "fineweb_line_punct_ratio"
+        if sum(len(line) <= self.short_line_length for line in lines) / len(lines) > self.short_line_thr:
+            return "fineweb_short_line_ratio"
+        characters = len(text.replace("\n", ""))
+        if characters and duplicates(lines)[1] / characters > self.char_duplicates_ratio:
+            return "fineweb_char_dup_ratio"
+        words = text.split()
+        if words and text.count("\n") / len(words) > self.new_line_ratio:
+            return "fineweb_list_ratio"
+        return None
