@@ -26,13 +26,14 @@ from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.runs import RunRecorder
 from pipeline.storage import open_store
 from tasks.clean import clean_task
+from tasks.filter import filter_task
 from tasks.ingest import ingest_task
 from tasks.langid import langid_task
 from tasks.stage import RunContext
 
 FLOW_NAME = "pretrain-pipeline"
 # The per-source chain, in DAG order: each stage reads the artifact of the one before it.
-SOURCE_STAGES = (("ingest", ingest_task), ("clean", clean_task), ("langid", langid_task))
+SOURCE_STAGES = (("ingest", ingest_task), ("clean", clean_task), ("langid", langid_task), ("filter", filter_task))
 STAGES = tuple(name for name, _ in SOURCE_STAGES)
 
 
@@ -45,7 +46,7 @@ def stage_names(config: PipelineConfig) -> set[str]:
 
 
 def run_source_chain(ctx: RunContext, source: str) -> dict[str, Any]:
-    """ingest -> clean -> langid for one source; a failed stage stops its source's chain only."""
+    """ingest -> clean -> langid -> filter for one source; a failed stage stops its source's chain only."""
     states: dict[str, Any] = {}
     upstream = None
     for index, (stage, stage_task) in enumerate(SOURCE_STAGES):

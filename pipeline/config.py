@@ -202,12 +202,70 @@ class LangidConfig(DataStageConfig):
         return self.keep == "all" or lang in self.keep
 
 
+FilterRule = Literal["gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity"]
+FILTER_RULES = ["gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity"]
+
+
+def _rule_settings(name: str, factory, values: dict) -> dict:
+    """Check a rule's threshold overrides by building the rule: unknown names and bad values fail."""
+    import dataclasses
+
+    allowed = sorted(f.name for f in dataclasses.fields(factory))
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name}: unknown setting(s) {unknown}; allowed: {', '.join(allowed)}")
+    try:
+        factory(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return values
+
+
+class FilterConfig(DataStageConfig):
+    """Heuristic quality rules, a word-list toxicity check and PII redaction, in one pass."""
+
+    rules: list[FilterRule] = Field(FILTER_RULES, description="rules applied in this order; the first to fire removes")
+    per_language: dict[str, list[FilterRule]] = Field(
+        {"ja": ["c4", "fineweb", "toxicity"], "zh": ["c4", "fineweb", "toxicity"], "th": ["c4", "fineweb", "toxicity"]},
+        description="the rules for documents of a language, instead of `rules` (the Gopher word rules assume "
+                    "spaces between words)",
+    )
+    per_source: dict[str, list[FilterRule]] = Field({}, description="the rules for a source, instead of `rules`")
+    stop_word_languages: list[str] = Field(["en"], description="languages the Gopher stop-word rule applies to")
+    c4_remove_lines: bool = Field(True, description="keep C4's line removals in the text of kept documents")
+    gopher_quality: dict[str, float | int | bool] = Field({}, description="threshold overrides, e.g. {min_doc_words: 30}")
+    gopher_repetition: dict[str, float | int | bool | list] = Field({})
+    c4: dict[str, float | int | bool] = Field({})
+    fineweb: dict[str, float | int | bool] = Field({})
+    toxicity: dict[str, float | str] = Field({}, description="{mode: any|ratio, max_ratio: 0.001}")
+    pii: dict[str, bool] = Field({}, description="{emails, ip_addresses, phone_numbers}: true to redact (default all)")
+    removed_sample_bytes: int = Field(2048, ge=0, le=1 << 20)
+
+    @model_validator(mode="after")
+    def _settings_build(self) -> "FilterConfig":
+        from .pii import PiiRedactor
+        from .quality_rules import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
+        from .toxicity import WordListToxicity
+
+        for name, factory in (("gopher_quality", GopherQuality), ("gopher_repetition", GopherRepetition),
+                              ("c4", C4Quality), ("fineweb", FineWebQuality), ("toxicity", WordListToxicity),
+                              ("pii", PiiRedactor)):
+            _rule_settings(name, factory, getattr(self, name))
+        return self
+
+    def rules_for(self, source: str, lang: str) -> list[str]:
+        if source in self.per_source:
+            return self.per_source[source]
+        return self.per_language.get(lang, self.rules)
+
+
 class PipelineConfig(Section):
     storage: StorageConfig = StorageConfig()
     sources: list[Source] = Field(min_length=1)
     ingest: IngestConfig = IngestConfig()
     clean: CleanConfig = CleanConfig()
     langid: LangidConfig = LangidConfig()
+    filter: FilterConfig = FilterConfig()
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "PipelineConfig":
@@ -216,9 +274,11 @@ class PipelineConfig(Section):
             if source.name in seen:
                 raise ValueError(f"sources: duplicate source name {source.name!r}; names must be unique")
             seen.add(source.name)
-        unknown = sorted(set(self.clean.extractor_by_source) - seen)
-        if unknown:
-            raise ValueError(f"clean.extractor_by_source: no source named {unknown}; sources: {sorted(seen)}")
+        for key, mapping in (("clean.extractor_by_source", self.clean.extractor_by_source),
+                             ("filter.per_source", self.filter.per_source)):
+            unknown = sorted(set(mapping) - seen)
+            if unknown:
+                raise ValueError(f"{key}: no source named {unknown}; sources: {sorted(seen)}")
         return self
 
     def source(self, name: str) -> WarcSource | JsonlSource | HtmlSource:

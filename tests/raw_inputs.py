@@ -91,3 +91,10 @@ def write_jsonl(path: Path, rows: list[dict | bytes | str]) -> Path:
         data = zstandard.ZstdCompressor().compress(data)
     path.write_bytes(data)
     return path
+
+
+def english_paragraphs() -> list[str]:
+    """Real English paragraphs (Debian installation manual) from the unit tests' language-ID set."""
+    path = Path(__file__).parent / "data" / "langid_paragraphs_small.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [row["text"] for row in rows if row["lang"] == "en"]

@@ -3,8 +3,6 @@ English prose (paragraphs of the Debian installation manual) that passes every r
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from pipeline.quality_rules import (
@@ -16,11 +14,9 @@ from pipeline.quality_rules import (
     duplicates,
     top_ngram_chars,
 )
-from tests.conftest import REPO
+from tests.raw_inputs import english_paragraphs
 
-PARAGRAPHS = [json.loads(line) for line in (REPO / "tests" / "data" / "langid_paragraphs_small.jsonl").read_text()
-              .splitlines()]
-ENGLISH = [row["text"] for row in PARAGRAPHS if row["lang"] == "en"]
+ENGLISH = english_paragraphs()
 PROSE = "\n\n".join(ENGLISH[:8])
 RULES = [GopherQuality(), GopherRepetition(), C4Quality(), FineWebQuality()]
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import CleanConfig, IngestConfig, LangidConfig, StorageConfig
+from pipeline.config import CleanConfig, FilterConfig, IngestConfig, LangidConfig, StorageConfig
 from pipeline.sources import list_inputs
 from tasks.clean import clean_spec, run_clean
+from tasks.filter import filter_spec, run_filter
 from tasks.ingest import ingest_spec, run_ingest
 from tasks.langid import langid_spec, resolve_model_path, run_langid
 from pipeline.models import file_sha256
@@ -31,6 +32,12 @@ def langid(store, source_name: str, upstream: dict, settings: LangidConfig | Non
     settings = settings or LangidConfig(workers=1)
     spec = langid_spec(source_name, settings, upstream, file_sha256(resolve_model_path(settings)))
     return run_langid(source_name, settings, store, spec, upstream, progress=lambda _m: None)
+
+
+def filter(store, source_name: str, upstream: dict, settings: FilterConfig | None = None) -> dict:  # noqa: A001
+    settings = settings or FilterConfig(workers=1)
+    spec = filter_spec(source_name, settings, upstream)
+    return run_filter(source_name, settings, store, spec, upstream, progress=lambda _m: None)
 
 
 def read_rows(store, manifest: dict, role: str = "documents", tmp: Path | None = None) -> list[dict]:

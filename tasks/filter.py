@@ -1,0 +1,152 @@
+"""Filter stage: langid shards -> documents that pass the quality rules and the toxicity check,
+with PII redacted; one artifact per source.
+
+Per document, the rules configured for its source or language run in order (Gopher quality, Gopher
+repetition, C4, FineWeb, LDNOOBW toxicity); the first that fires removes the document to removed/
+under its rule's name (e.g. `gopher_short_doc`, `c4_curly_bracket`, `toxicity_word_list`). C4's line
+removals are kept in the text of documents that pass. E-mail addresses, IP addresses and phone
+numbers in kept documents are replaced by placeholder tokens and counted.
+
+The core (`build_rules`, `filter_document`, `filter_shard`, `run_filter`) knows nothing of Prefect;
+`filter_task` at the end is the thin task the flow calls.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pipeline.artifacts import ArtifactWriter, StageSpec
+from pipeline.config import FilterConfig
+from pipeline.pii import PiiRedactor
+from pipeline.quality_rules import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
+from pipeline.shards import LANGID_SCHEMA, QUARANTINE_SCHEMA
+from pipeline.storage import ObjectStore
+from pipeline.toxicity import WordListToxicity
+from pipeline.units import (ShardUnit, UnitOutput, commit_units, read_shard, resolve_writer_thread, run_units,
+                            shard_units)
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from .stage import RunContext, execute_stage, upstream_manifest
+
+STAGE = "filter"
+CODE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Rules:
+    gopher_quality: GopherQuality
+    gopher_quality_no_stop_words: GopherQuality
+    gopher_repetition: GopherRepetition
+    c4: C4Quality
+    fineweb: FineWebQuality
+    toxicity: WordListToxicity
+    pii: PiiRedactor
+
+
+def build_rules(settings: FilterConfig) -> Rules:
+    quality = GopherQuality(**settings.gopher_quality)
+    return Rules(
+        gopher_quality=quality,
+        gopher_quality_no_stop_words=GopherQuality(**{**settings.gopher_quality, "check_stop_words": False}),
+        gopher_repetition=GopherRepetition(**{k: tuple(map(tuple, v)) if isinstance(v, list) else v
+                                              for k, v in settings.gopher_repetition.items()}),
+        c4=C4Quality(**settings.c4),
+        fineweb=FineWebQuality(**settings.fineweb),
+        toxicity=WordListToxicity(**settings.toxicity),
+        pii=PiiRedactor(**settings.pii),
+    )
+
+
+def filter_document(text: str, lang: str, names: list[str], rules: Rules, settings: FilterConfig,
+                    counts: dict) -> tuple[str, str | None]:
+    """(the text to keep, or the reason it is removed). Counts C4 line removals and PII replacements."""
+    for name in names:
+        if name == "gopher_quality":
+            rule = rules.gopher_quality if lang in settings.stop_word_languages else rules.gopher_quality_no_stop_words
+            reason = rule.check(text)
+        elif name == "gopher_repetition":
+            reason = rules.gopher_repetition.check(text)
+        elif name == "c4":
+            cleaned, reason, lines = rules.c4.apply(text)
+            if reason is None and settings.c4_remove_lines:
+                counts["c4_lines_removed"] += lines
+                text = cleaned
+        elif name == "fineweb":
+            reason = rules.fineweb.check(text)
+        else:
+            reason = rules.toxicity.check(text, lang)
+        if reason is not None:
+            return text, reason
+    text, replaced = rules.pii.redact(text)
+    for kind, amount in replaced.items():
+        counts["pii"][kind] = counts["pii"].get(kind, 0) + amount
+    return text, None
+
+
+@dataclass(frozen=True)
+class FilterJob:
+    source: str
+    settings: FilterConfig
+    store: ObjectStore
+    upstream: dict  # the langid manifest
+    prefix: str
+
+
+def new_counts() -> dict[str, Any]:
+    return {"documents_in": 0, "documents": 0, "removed": {}, "c4_lines_removed": 0, "pii": {}}
+
+
+def filter_shard(job: FilterJob, unit: ShardUnit) -> dict:
+    settings = job.settings
+    rules = build_rules(settings)
+    counts = new_counts()
+    with UnitOutput(job.store, job.prefix, unit.key, settings, STAGE) as out:
+        kept = out.writer("data", LANGID_SCHEMA, "documents", "text",
+                          background=resolve_writer_thread("auto", settings.workers))
+        removed = out.writer("removed", QUARANTINE_SCHEMA, "removed", "sample")
+        for batch in read_shard(job.store, job.upstream, unit.entry, out.scratch):
+            for row in batch.to_pylist():
+                counts["documents_in"] += 1
+                names = settings.rules_for(job.source, row["lang"])
+                text, reason = filter_document(row["text"], row["lang"], names, rules, settings, counts)
+                if reason is not None:
+                    counts["removed"][reason] = counts["removed"].get(reason, 0) + 1
+                    removed.add((row["source"], row["id"], reason, f"lang {row['lang']}", len(row["text"]),
+                                 row["text"].encode()[: settings.removed_sample_bytes]))
+                    continue
+                counts["documents"] += 1
+                kept.add(tuple({**row, "text": text}[name] for name in LANGID_SCHEMA.names))
+        files = out.close()
+    return {"unit": unit.key, "files": files, "counts": counts}
+
+
+def filter_spec(source: str, settings: FilterConfig, upstream: dict, rebuild: str | None = None) -> StageSpec:
+    config = settings.versioned()
+    per_source = config.pop("per_source", {})
+    config["source_rules"] = per_source.get(source)
+    return StageSpec(stage=STAGE, artifact=f"{STAGE}/{source}", code_version=CODE_VERSION, config=config,
+                     inputs={upstream["artifact"]: upstream["version"]}, rebuild=rebuild)
+
+
+def run_filter(source: str, settings: FilterConfig, store: ObjectStore, spec: StageSpec, upstream: dict,
+               progress: Callable[[str], None] = print) -> dict:
+    """Filter every document shard of the langid artifact `upstream` and commit; returns the manifest."""
+    started = time.monotonic()
+    writer = ArtifactWriter(store, spec)
+    units = shard_units(upstream)
+    job = FilterJob(source, settings, store, upstream, spec.prefix)
+    records = run_units(writer, units, filter_shard, job, workers=settings.workers, name=f"filter[{source}]",
+                        progress=progress, every=settings.progress_every_seconds)
+    return commit_units(writer, records, new_counts(), started)
+
+
+@task(name="filter", task_run_name="filter[{source_name}]", cache_policy=NO_CACHE, persist_result=False)
+def filter_task(ctx: RunContext, source_name: str, langid_result: dict) -> Any:
+    """Resolve the version from the langid artifact and the config, then skip it (Cached) or filter."""
+    upstream = upstream_manifest(ctx, langid_result)
+    settings = ctx.config.filter
+    spec = filter_spec(source_name, settings, upstream, rebuild=ctx.rebuild_token(f"{STAGE}/{source_name}"))
+    return execute_stage(ctx, spec, lambda emit: run_filter(source_name, settings, ctx.store, spec, upstream, emit))

@@ -1,0 +1,85 @@
+"""The filter stage: the rule chain per document, and the stage over the sample's langid output."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import ConfigError, FilterConfig, WarcSource, validate_config
+from pipeline.pii import EMAIL_TOKEN
+from pipeline.storage import LocalStore
+from tasks.filter import build_rules, filter_document, filter_spec, new_counts
+from tests.conftest import SAMPLE
+from tests.tasks import chain
+from tests.raw_inputs import english_paragraphs
+
+PROSE = "\n\n".join(english_paragraphs()[:8])
+
+
+@pytest.fixture(scope="module")
+def sample_langid(tmp_path_factory):
+    store = LocalStore(tmp_path_factory.mktemp("filter") / "store", "p")
+    source = WarcSource(name="web", kind="warc", location=str(SAMPLE / "web"))
+    cleaned = chain.clean(store, "web", chain.ingest(store, source))
+    return store, chain.langid(store, "web", cleaned)
+
+
+def _filter(text: str, lang: str = "en", settings: FilterConfig | None = None) -> tuple[str, str | None, dict]:
+    settings = settings or FilterConfig()
+    counts = new_counts()
+    text, reason = filter_document(text, lang, settings.rules_for("web", lang), build_rules(settings), settings,
+                                   counts)
+    return text, reason, counts
+
+
+def test_a_good_document_passes_with_pii_redacted():
+    text, reason, counts = _filter(PROSE + "\n\nQuestions go to debian-boot@lists.debian.org today.")
+    assert reason is None and EMAIL_TOKEN in text and counts["pii"] == {"email": 1}
+
+
+def test_the_first_rule_that_fires_names_the_removal():
+    assert _filter("Too short to be a document.")[1] == "gopher_short_doc"
+    assert _filter(PROSE + "\n\nfunction f() { return 1; }")[1] == "c4_curly_bracket"
+    assert _filter(PROSE + "\n\nWhat an ass that installer was.")[1] == "toxicity_word_list"
+    no_curly = FilterConfig(c4={"filter_curly_bracket": False})
+    assert _filter(PROSE + "\n\nfunction f() { return 1; }", settings=no_curly)[1] is None
+
+
+def test_rules_per_language_and_source():
+    settings = FilterConfig(per_source={"web": ["toxicity"]})
+    assert _filter("Too short to be a document.", settings=settings)[1] is None
+    # Japanese skips the Gopher word rules by default (no spaces between words)
+    assert "gopher_quality" not in FilterConfig().rules_for("web", "ja")
+
+
+def test_stage_on_the_sample(sample_langid):
+    store, langid = sample_langid
+    manifest = chain.filter(store, "web", langid)
+    counts = manifest["counts"]
+    assert counts["documents_in"] == langid["counts"]["documents"]
+    assert counts["documents"] + sum(counts["removed"].values()) == counts["documents_in"]
+    assert 0 < counts["documents"] < counts["documents_in"]
+    removed = chain.read_rows(store, manifest, role="removed")
+    assert {row["reason"] for row in removed} == set(counts["removed"])
+    kept = chain.read_rows(store, manifest)
+    assert {"lang", "lang_score", "title"} <= set(kept[0]) and len(kept) == counts["documents"]
+    assert counts["pii"].get("ip_address", 0) > 0 and any("|||IP_ADDRESS|||" in row["text"] for row in kept)
+
+
+def test_per_source_rules_change_only_that_version(sample_langid):
+    store, langid = sample_langid
+    base = filter_spec("web", FilterConfig(), langid)
+    assert filter_spec("web", FilterConfig(per_source={"docs": ["c4"]}), langid).version == base.version
+    assert filter_spec("web", FilterConfig(per_source={"web": ["c4"]}), langid).version != base.version
+    everything = chain.filter(store, "web", langid,
+                              FilterConfig(workers=1, per_source={"web": []}, pii={"ip_addresses": False}))
+    assert everything["counts"]["removed"] == {} and "ip_address" not in everything["counts"]["pii"]
+
+
+def test_invalid_filter_settings_fail_with_the_key():
+    base = {"sources": [{"name": "web", "kind": "warc", "location": "x"}]}
+    with pytest.raises(ConfigError, match=r"gopher_quality: unknown setting\(s\) \['min_doc_wordz'\]"):
+        validate_config({**base, "filter": {"gopher_quality": {"min_doc_wordz": 3}}})
+    with pytest.raises(ConfigError, match=r"filter.per_source: no source named \['nope'\]"):
+        validate_config({**base, "filter": {"per_source": {"nope": ["c4"]}}})
+    with pytest.raises(ConfigError, match=r"filter.rules.0"):
+        validate_config({**base, "filter": {"rules": ["gopher"]}})
