@@ -74,11 +74,13 @@ class PiiRedactor:
 
             text = pattern.sub(substitute, text)
 
-        if self.emails:
+        # Cheap tests first: most documents have no '@' and too few ':' for an IPv6 address.
+        if self.emails and "@" in text:
             replace(_EMAIL, EMAIL_TOKEN, "email")
         if self.ip_addresses:
             replace(_IPV4, IP_TOKEN, "ip_address", _valid_ipv4)
-            replace(_IPV6, IP_TOKEN, "ip_address", _valid_ipv6)
+            if text.count(":") >= 2:
+                replace(_IPV6, IP_TOKEN, "ip_address", _valid_ipv6)
         if self.phone_numbers:
             replace(_PHONE, PHONE_TOKEN, "phone_number", _phone_digits_ok)
         return text, counts

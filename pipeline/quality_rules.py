@@ -42,23 +42,37 @@ def duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-def top_ngram_chars(words: list[str], n: int) -> int:
+def _ids(words: list[str]) -> list[int]:
+    """Words as small integers (n-grams of ints hash and compare much faster than of strings)."""
+    vocabulary: dict[str, int] = {}
+    return [vocabulary.setdefault(word, len(vocabulary)) for word in words]
+
+
+def top_ngram_chars(words: list[str], n: int, ids: list[int] | None = None) -> int:
     """Characters covered by the most frequent word n-gram (its length times its count)."""
-    grams = Counter(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
-    if not grams:
+    ids = _ids(words) if ids is None else ids
+    if len(ids) < n:
         return 0
-    gram, count = grams.most_common(1)[0]
-    return len(gram) * count if count > 1 else 0
+    grams = Counter(zip(*(ids[i:] for i in range(n))))
+    (start_gram, count), = grams.most_common(1)
+    if count < 2:
+        return 0
+    first = next(i for i in range(len(ids) - n + 1) if tuple(ids[i:i + n]) == start_gram)
+    return len(" ".join(words[first:first + n])) * count
 
 
-def duplicated_ngram_chars(words: list[str], n: int) -> int:
+def duplicated_ngram_chars(words: list[str], n: int, ids: list[int] | None = None) -> int:
     """Characters in word n-grams that repeat an earlier n-gram, each repeat counted once (no overlap)."""
-    seen: set[tuple[str, ...]] = set()
+    ids = _ids(words) if ids is None else ids
+    grams = list(zip(*(ids[i:] for i in range(n))))
+    if len(set(grams)) == len(grams):
+        return 0  # nothing repeats (the common case), found without the walk below
+    seen: set[tuple[int, ...]] = set()
     chars = index = 0
-    while index <= len(words) - n:
-        gram = tuple(words[index:index + n])
+    while index < len(grams):
+        gram = grams[index]
         if gram in seen:
-            chars += sum(len(word) for word in gram)
+            chars += sum(len(word) for word in words[index:index + n])
             index += n
         else:
             seen.add(gram)
@@ -131,12 +145,16 @@ class GopherRepetition:
         if chars / len(text) > self.max_dup_line_char_frac:
             return "gopher_dup_line_char_frac"
         words = text.split()
+        ids = _ids(words)
         for n, limit in self.top_ngrams:
-            if top_ngram_chars(words, n) / len(text) > limit:
+            if top_ngram_chars(words, n, ids) / len(text) > limit:
                 return f"gopher_top_{n}_gram"
-        for n, limit in self.dup_ngrams:
-            if duplicated_ngram_chars(words, n) / len(text) > limit:
+        for n, limit in sorted(self.dup_ngrams):
+            chars = duplicated_ngram_chars(words, n, ids)
+            if chars / len(text) > limit:
                 return f"gopher_dup_{n}_grams"
+            if chars == 0:
+                break  # no repeated n-gram means no repeated longer one either
         return None
 
 

@@ -25,25 +25,55 @@ def _phrase_pattern(phrase: str) -> str:
     return r"\s+".join(re.escape(part) for part in phrase.split())
 
 
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class WordList:
+    """A language's list, split for fast matching: entries made of word characters are looked up as
+    word n-grams in a set; the rest (punctuation inside, CJK/Thai in unspaced languages) by regex."""
+
+    ngrams: dict[int, frozenset[tuple[str, ...]]]
+    pattern: re.Pattern | None
+
+    def matches(self, text: str) -> list[str]:
+        found: list[str] = []
+        if self.ngrams:
+            tokens = _WORD.findall(text.lower())
+            for n, entries in self.ngrams.items():
+                found += [" ".join(gram) for gram in zip(*(tokens[i:] for i in range(n))) if gram in entries]
+        if self.pattern is not None:
+            found += [match.group(0) for match in self.pattern.finditer(text)]
+        return found
+
+
 @lru_cache(maxsize=64)
-def word_list_pattern(lists_dir: str, lang: str) -> re.Pattern | None:
-    """One compiled regex for a language's list, or None if there is no list for it."""
+def word_list(lists_dir: str, lang: str) -> WordList | None:
+    """The compiled list of a language, or None if there is none."""
     path = Path(lists_dir) / f"{lang}.json"
     if not path.is_file():
         return None
     phrases = sorted({p.strip().lower() for p in json.loads(path.read_text(encoding="utf-8")) if p.strip()},
                      key=len, reverse=True)
-    bounded = [_phrase_pattern(p) for p in phrases if lang not in UNSPACED_LANGUAGES or _ASCII_WORD.match(p)]
-    # A single CJK character (e.g. 性) is part of too many ordinary words (性能, performance) to match
-    # anywhere; such entries are left out.
-    anywhere = [_phrase_pattern(p) for p in phrases
-                if lang in UNSPACED_LANGUAGES and not _ASCII_WORD.match(p) and len(p) > 1]
+    unspaced = lang in UNSPACED_LANGUAGES
+    ngrams: dict[int, set[tuple[str, ...]]] = {}
+    bounded, anywhere = [], []
+    for phrase in phrases:
+        words = tuple(phrase.split())
+        if all(_WORD.fullmatch(word) for word in words) and (not unspaced or _ASCII_WORD.match(phrase)):
+            ngrams.setdefault(len(words), set()).add(words)
+        elif not unspaced or _ASCII_WORD.match(phrase):
+            bounded.append(_phrase_pattern(phrase))
+        elif len(phrase) > 1:
+            # A single CJK character (e.g. 性) is part of too many ordinary words (性能, performance).
+            anywhere.append(_phrase_pattern(phrase))
     parts = []
     if bounded:
         parts.append(r"(?<!\w)(?:" + "|".join(bounded) + r")(?!\w)")
     if anywhere:
         parts.append("(?:" + "|".join(anywhere) + ")")
-    return re.compile("|".join(parts), re.IGNORECASE) if parts else None
+    pattern = re.compile("|".join(parts), re.IGNORECASE) if parts else None
+    return WordList({n: frozenset(entries) for n, entries in ngrams.items()}, pattern)
 
 
 @dataclass(frozen=True)
@@ -59,8 +89,8 @@ class WordListToxicity:
             raise ValueError(f"max_ratio must be between 0 and 1, got {self.max_ratio}")
 
     def matches(self, text: str, lang: str) -> list[str]:
-        pattern = word_list_pattern(self.lists_dir, lang)
-        return [match.group(0) for match in pattern.finditer(text)] if pattern is not None else []
+        words = word_list(self.lists_dir, lang)
+        return words.matches(text) if words is not None else []
 
     def check(self, text: str, lang: str) -> str | None:
         found = self.matches(text, lang)
@@ -72,4 +102,4 @@ class WordListToxicity:
         return "toxicity_word_ratio" if units and len(found) / units > self.max_ratio else None
 
     def has_list(self, lang: str) -> bool:
-        return word_list_pattern(self.lists_dir, lang) is not None
+        return word_list(self.lists_dir, lang) is not None
