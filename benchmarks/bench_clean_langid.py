@@ -45,7 +45,6 @@ import gzip
 import hashlib
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -56,7 +55,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable
 
-from shared_machine import cpu_ticks, wait_until_quiet  # benchmarks/ is sys.path[0]
+from shared_machine import cpu_ticks, machine_info, wait_until_quiet  # benchmarks/ is sys.path[0]
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -587,41 +586,8 @@ def _langid_threshold() -> float | None:
 # Report
 
 
-def _package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in ("fasttext-numpy2", "numpy", "resiliparse", "fastwarc", "trafilatura", "lxml", "justext",
-                 "zstandard", "pretrain-pipeline"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def _machine() -> dict:
-    model = memory = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                                    text=True).stdout.strip())
-    except OSError:
-        git, dirty = None, None
-    return {"cpu_count": os.cpu_count(), "cpu_model": model, "memory_gib": memory,
-            "platform": platform.platform(), "python": platform.python_version(),
-            "packages": _package_versions(), "git_sha": git or None, "git_dirty": dirty}
-
+PACKAGES = ("fasttext-numpy2", "numpy", "resiliparse", "fastwarc", "trafilatura", "lxml", "justext",
+               "zstandard", "pretrain-pipeline")
 
 def targets_report(langid: dict, extraction: dict) -> dict:
     out = {}
@@ -737,7 +703,7 @@ def main() -> None:
     report = {
         "benchmark": "clean_langid",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": _machine(),
+        "machine": machine_info(REPO, PACKAGES),
         "method": {
             "process": "everything in this one process, single-threaded; each throughput figure is the median of "
                        "repeats after a warm-up pass",

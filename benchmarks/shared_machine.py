@@ -32,3 +32,46 @@ def wait_until_quiet(limit: float, threshold: float = 0.15) -> tuple[float, floa
     while busy > threshold and time.monotonic() - started < limit:
         busy = busy_fraction(1.0)
     return round(busy, 3), round(time.monotonic() - started, 1)
+
+
+def machine_info(repo: Path, packages: tuple[str, ...]) -> dict:
+    """The machine, the versions of the named packages and the git state, for a results file."""
+    import os
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    model = memory = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
+                                    text=True).stdout.strip())
+    except OSError:
+        git, dirty = None, None
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": memory,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "git_sha": git or None,
+        "git_dirty": dirty,
+    }

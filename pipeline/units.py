@@ -124,6 +124,15 @@ def commit_units(writer: ArtifactWriter, records: list[dict], counts: dict, star
     return writer.commit(files, counts, summary=summary)
 
 
+def run_shard_stage(writer: ArtifactWriter, upstream: dict, work: Callable[[Any, ShardUnit], dict], job: Any,
+                    settings: Any, counts: dict, *, name: str, progress: Callable[[str], None], **summary: Any) -> dict:
+    """A stage that maps `work` over every document shard of its input artifact, then commits."""
+    started = time.monotonic()
+    records = run_units(writer, shard_units(upstream), work, job, workers=settings.workers, name=name,
+                        progress=progress, every=settings.progress_every_seconds)
+    return commit_units(writer, records, counts, started, **summary)
+
+
 def run_units(writer: ArtifactWriter, units: Sequence[Unit], work: Callable[[Any, Unit], dict], job: Any, *,
               workers: int, name: str, progress: Callable[[str], None], every: float) -> list[dict]:
     """Do every unit not finished by an earlier attempt; returns all unit records in unit order."""

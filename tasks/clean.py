@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import codecs
 import re
-import time
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,8 +24,7 @@ from pipeline.artifacts import ArtifactWriter, StageSpec
 from pipeline.config import CleanConfig
 from pipeline.shards import CLEAN_SCHEMA, QUARANTINE_SCHEMA, ShardWriter
 from pipeline.storage import ObjectStore
-from pipeline.units import (ShardUnit, UnitOutput, commit_units, read_shard, resolve_writer_thread, run_units,
-                            shard_units)
+from pipeline.units import ShardUnit, UnitOutput, read_shard, resolve_writer_thread, run_shard_stage
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -235,13 +233,10 @@ def clean_spec(source: str, settings: CleanConfig, upstream: dict, rebuild: str 
 def run_clean(source: str, settings: CleanConfig, store: ObjectStore, spec: StageSpec, upstream: dict,
               progress: Callable[[str], None] = print) -> dict:
     """Clean every document shard of the ingest artifact `upstream` and commit; returns the manifest."""
-    started = time.monotonic()
     writer = ArtifactWriter(store, spec)
-    units = shard_units(upstream)
     job = CleanJob(source, settings, settings.extractor_for(source), store, upstream, spec.prefix)
-    records = run_units(writer, units, clean_shard, job, workers=settings.workers, name=f"clean[{source}]",
-                        progress=progress, every=settings.progress_every_seconds)
-    return commit_units(writer, records, new_counts(), started, extractor=job.extractor)
+    return run_shard_stage(writer, upstream, clean_shard, job, settings, new_counts(), name=f"clean[{source}]",
+                           progress=progress, extractor=job.extractor)
 
 
 @task(name="clean", task_run_name="clean[{source_name}]", cache_policy=NO_CACHE, persist_result=False)

@@ -13,7 +13,6 @@ The core (`build_rules`, `filter_document`, `filter_shard`, `run_filter`) knows 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,8 +23,7 @@ from pipeline.quality_rules import C4Quality, FineWebQuality, GopherQuality, Gop
 from pipeline.shards import LANGID_SCHEMA, QUARANTINE_SCHEMA
 from pipeline.storage import ObjectStore
 from pipeline.toxicity import WordListToxicity
-from pipeline.units import (ShardUnit, UnitOutput, commit_units, read_shard, resolve_writer_thread, run_units,
-                            shard_units)
+from pipeline.units import ShardUnit, UnitOutput, read_shard, resolve_writer_thread, run_shard_stage
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -134,13 +132,10 @@ def filter_spec(source: str, settings: FilterConfig, upstream: dict, rebuild: st
 def run_filter(source: str, settings: FilterConfig, store: ObjectStore, spec: StageSpec, upstream: dict,
                progress: Callable[[str], None] = print) -> dict:
     """Filter every document shard of the langid artifact `upstream` and commit; returns the manifest."""
-    started = time.monotonic()
     writer = ArtifactWriter(store, spec)
-    units = shard_units(upstream)
     job = FilterJob(source, settings, store, upstream, spec.prefix)
-    records = run_units(writer, units, filter_shard, job, workers=settings.workers, name=f"filter[{source}]",
-                        progress=progress, every=settings.progress_every_seconds)
-    return commit_units(writer, records, new_counts(), started)
+    return run_shard_stage(writer, upstream, filter_shard, job, settings, new_counts(), name=f"filter[{source}]",
+                           progress=progress)
 
 
 @task(name="filter", task_run_name="filter[{source_name}]", cache_policy=NO_CACHE, persist_result=False)

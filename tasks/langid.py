@@ -12,7 +12,6 @@ The core (`LanguageIdentifier`, `langid_shard`, `run_langid`) knows nothing of P
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,8 +22,7 @@ from pipeline.config import LangidConfig
 from pipeline.models import file_sha256, lid_model_path
 from pipeline.shards import LANGID_SCHEMA, QUARANTINE_SCHEMA, ShardWriter
 from pipeline.storage import ObjectStore
-from pipeline.units import (ShardUnit, UnitOutput, commit_units, read_shard, resolve_writer_thread, run_units,
-                            shard_units)
+from pipeline.units import ShardUnit, UnitOutput, read_shard, resolve_writer_thread, run_shard_stage
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -136,13 +134,10 @@ def langid_spec(source: str, settings: LangidConfig, upstream: dict, model_sha25
 def run_langid(source: str, settings: LangidConfig, store: ObjectStore, spec: StageSpec, upstream: dict,
                progress: Callable[[str], None] = print) -> dict:
     """Label every shard of the clean artifact `upstream` and commit; returns the manifest."""
-    started = time.monotonic()
     writer = ArtifactWriter(store, spec)
-    units = shard_units(upstream)
     job = LangidJob(source, settings, str(resolve_model_path(settings)), store, upstream, spec.prefix)
-    records = run_units(writer, units, langid_shard, job, workers=settings.workers, name=f"langid[{source}]",
-                        progress=progress, every=settings.progress_every_seconds)
-    return commit_units(writer, records, new_counts(), started, model=Path(job.model_path).name)
+    return run_shard_stage(writer, upstream, langid_shard, job, settings, new_counts(), name=f"langid[{source}]",
+                           progress=progress, model=Path(job.model_path).name)
 
 
 @task(name="langid", task_run_name="langid[{source_name}]", cache_policy=NO_CACHE, persist_result=False)
