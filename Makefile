@@ -40,6 +40,7 @@ down: venv
 bench: venv
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_clean_langid.py
+	$(BIN)/python benchmarks/bench_dedup.py
 
 sample: venv
 	$(BIN)/python scripts/build_sample_corpus.py --out data/sample

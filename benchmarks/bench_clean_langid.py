@@ -40,7 +40,6 @@ quiet machine equals documents per wall-second (both are recorded, with the shar
 from __future__ import annotations
 
 import argparse
-import gc
 import gzip
 import hashlib
 import json
@@ -55,7 +54,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable
 
-from shared_machine import cpu_ticks, machine_info, wait_until_quiet  # benchmarks/ is sys.path[0]
+from shared_machine import machine_info, measure_group, wait_until_quiet  # benchmarks/ is sys.path[0]
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -84,60 +83,6 @@ if str(REPO) not in sys.path:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Timing on a shared machine
-
-
-def _stats(runs: list[dict], items: int, passes: int) -> dict:
-    wall = statistics.median(r["wall_s"] for r in runs)
-    cpu = statistics.median(r["cpu_s"] for r in runs)
-    return {
-        "items": items,
-        "repeats": len(runs),
-        "passes_per_repeat": passes,
-        "seconds_per_pass_wall": round(wall, 5),
-        "seconds_per_pass_cpu": round(cpu, 5),
-        "per_s_wall": round(items / wall, 1),
-        "per_core_s": round(items / cpu, 1) if cpu > 0 else None,  # items per CPU-second of this one process
-        "cpu_over_wall": round(cpu / wall, 3) if wall else None,
-        "other_jobs_cpu_share": max(r["other_jobs_cpu_share"] or 0.0 for r in runs),
-        "runs": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in runs],
-    }
-
-
-def measure_group(entries: list[tuple[str, Callable[[], object], int]], repeats: int,
-                  min_seconds: float = 0.3) -> dict[str, dict]:
-    """Time each `fn` (one pass over `items` documents) `repeats` times, after one warm-up pass. The repeats
-    of the entries of a group are interleaved (A B A B ...), so a product and its ceiling see the same
-    interference from other jobs and their ratio stays fair. A repeat runs the pass as many times as
-    needed to last at least `min_seconds`. Figures are medians over repeats."""
-    hz = os.sysconf("SC_CLK_TCK")
-    cpus = os.cpu_count() or 1
-    passes = {}
-    for name, fn, _ in entries:
-        fn()  # warm-up: lazy imports, first-touch allocations
-        started = time.perf_counter()
-        fn()
-        one = max(time.perf_counter() - started, 1e-6)
-        passes[name] = max(1, int(min_seconds / one + 0.999))
-    runs: dict[str, list[dict]] = {name: [] for name, _, _ in entries}
-    for _ in range(repeats):
-        for name, fn, _ in entries:
-            gc.collect()
-            ticks0 = cpu_ticks()
-            cpu0 = time.process_time()
-            wall0 = time.perf_counter()
-            for _ in range(passes[name]):
-                fn()
-            wall = time.perf_counter() - wall0
-            cpu = time.process_time() - cpu0
-            ticks1 = cpu_ticks()
-            others = max((ticks1[0] - ticks0[0]) / hz - cpu, 0.0)
-            runs[name].append({"wall_s": wall / passes[name], "cpu_s": cpu / passes[name],
-                               "other_jobs_cpu_share": round(min(others / (wall * cpus), 1.0), 3) if wall else None})
-    return {name: _stats(runs[name], items, passes[name]) for name, _, items in entries}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """The `pretrain-pipeline` Prefect flow: the DAG of stages, wired in order. No stage logic lives here.
 
+    per source: ingest -> clean -> langid ─┐
+                                           ├─> dedup (all sources, and the index of earlier runs)
+    per source: filter <───────────────────┘
+
 Parameters:
   config_path  pipeline.yaml to read (relative paths in it resolve against its directory)
   overrides    dotted keys to override for this run, e.g. {"ingest.workers": 4}
@@ -26,31 +30,57 @@ from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.runs import RunRecorder
 from pipeline.storage import open_store
 from tasks.clean import clean_task
+from tasks.dedup import dedup_task
 from tasks.filter import filter_task
 from tasks.ingest import ingest_task
 from tasks.langid import langid_task
 from tasks.stage import RunContext
 
 FLOW_NAME = "pretrain-pipeline"
-# The per-source chain, in DAG order: each stage reads the artifact of the one before it.
-SOURCE_STAGES = (("ingest", ingest_task), ("clean", clean_task), ("langid", langid_task), ("filter", filter_task))
-STAGES = tuple(name for name, _ in SOURCE_STAGES)
+# In DAG order. Per-source stages write `<stage>/<source>`; dedup reads every source's langid artifact
+# and writes one artifact, which every source's filter reads its own documents from.
+SOURCE_STAGES = (("ingest", ingest_task), ("clean", clean_task), ("langid", langid_task))
+STAGES = ("ingest", "clean", "langid", "dedup", "filter")
+GLOBAL_STAGES = {"dedup"}
 
 
 class PipelineFailed(RuntimeError):
     """One or more stages failed; the run record says which and why."""
 
 
+def artifact_names(config: PipelineConfig, stage: str) -> list[str]:
+    return [stage] if stage in GLOBAL_STAGES else [f"{stage}/{source.name}" for source in config.sources]
+
+
 def stage_names(config: PipelineConfig) -> set[str]:
-    return {"all", *STAGES, *(f"{stage}/{source.name}" for stage in STAGES for source in config.sources)}
+    return {"all", *STAGES, *(name for stage in STAGES for name in artifact_names(config, stage))}
+
+
+def downstream(config: PipelineConfig, stage: str, source: str | None) -> list[str]:
+    """The artifact of `stage` (for `source`) and every artifact that reads it, directly or through others."""
+    start = STAGES.index(stage)
+    names = []
+    for later in STAGES[start:]:
+        if later in GLOBAL_STAGES:
+            names.append(later)
+        elif source is None or start < STAGES.index("dedup") < STAGES.index(later):
+            names += artifact_names(config, later)  # past dedup, every source depends on every other
+        else:
+            names.append(f"{later}/{source}")
+    return names
+
+
+def needed(ctx: RunContext, stage: str, source: str | None) -> bool:
+    """Whether `only` selects this stage or one that reads it."""
+    return any(ctx.selected(name) for name in downstream(ctx.config, stage, source))
 
 
 def run_source_chain(ctx: RunContext, source: str) -> dict[str, Any]:
-    """ingest -> clean -> langid -> filter for one source; a failed stage stops its source's chain only."""
+    """ingest -> clean -> langid for one source; a failed stage stops its source's chain only."""
     states: dict[str, Any] = {}
     upstream = None
-    for index, (stage, stage_task) in enumerate(SOURCE_STAGES):
-        if not any(ctx.selected(f"{later}/{source}") for later in STAGES[index:]):
+    for stage, stage_task in SOURCE_STAGES:
+        if not needed(ctx, stage, source):
             break  # `only` names nothing from here on: the rest of the chain is not run
         args = (ctx, source) if upstream is None else (ctx, source, upstream)
         state = stage_task(*args, return_state=True)
@@ -59,6 +89,31 @@ def run_source_chain(ctx: RunContext, source: str) -> dict[str, Any]:
             break
         upstream = state.result()
     return states
+
+
+def run_pipeline(ctx: RunContext) -> dict[str, Any]:
+    """Every stage in DAG order; returns the Prefect state of each stage that ran, by artifact name."""
+    states: dict[str, Any] = {}
+    for source in ctx.config.sources:
+        states.update(run_source_chain(ctx, source.name))
+    langid = {source.name: states.get(f"langid/{source.name}") for source in ctx.config.sources}
+    if not needed(ctx, "dedup", None) or not all(state is not None and state.is_completed()
+                                                 for state in langid.values()):
+        return states
+    states["dedup"] = dedup_task(ctx, {name: state.result() for name, state in langid.items()}, return_state=True)
+    if not states["dedup"].is_completed():
+        return states
+    for source in ctx.config.sources:
+        if needed(ctx, "filter", source.name):
+            states[f"filter/{source.name}"] = filter_task(ctx, source.name, states["dedup"].result(),
+                                                          return_state=True)
+    return states
+
+
+def not_run_after(config: PipelineConfig, failed: str) -> list[str]:
+    """The artifacts a failed one keeps from running."""
+    stage, _, source = failed.partition("/")
+    return downstream(config, stage, source or None)[1:]
 
 
 def check_selection(config: PipelineConfig, only: list[str] | None, force: list[str] | None) -> None:
@@ -91,16 +146,13 @@ def pretrain_pipeline(
     )
     logger.info("run %s (attempt %s): storage %s", run_id, recorder.record["attempt"], store.uri())
 
-    states: dict[str, Any] = {}
-    for source in config.sources:
-        states.update(run_source_chain(ctx, source.name))
-
+    states = run_pipeline(ctx)
     failed = {name: state.message for name, state in states.items() if not state.is_completed()}
     if failed:
         for name, message in failed.items():
             recorder.stage_failed(name, message or "failed")
-            for stage in STAGES[STAGES.index(name.split("/")[0]) + 1:]:
-                recorder.stage(f"{stage}/{name.split('/', 1)[1]}", {"status": "not_run", "error": f"{name} failed"})
+        for name in sorted({later for name in failed for later in not_run_after(config, name)} - set(states)):
+            recorder.stage(name, {"status": "not_run", "error": "an upstream stage failed"})
         recorder.finish("failed")
         raise PipelineFailed(f"stage(s) failed: {', '.join(sorted(failed))}; run record: {store.uri(recorder.key)}")
     record = recorder.finish("completed")

@@ -5,6 +5,7 @@
     pretrain-pipeline artifacts list | show ARTIFACT [VERSION] | quarantine ARTIFACT [VERSION]
     pretrain-pipeline runs list | show RUN_ID
     pretrain-pipeline refs show NAME | history NAME | set NAME ARTIFACT VERSION
+    pretrain-pipeline quality-model train --positive SPEC ... --negative SPEC ... [--name default]
     pretrain-pipeline stack up | down | status
     pretrain-pipeline demo [--keep]
 """
@@ -76,12 +77,24 @@ def cmd_artifacts(args) -> int:
     import pyarrow.parquet as pq
 
     with tempfile.TemporaryDirectory() as scratch:
-        for entry in files_with_role(manifest, "quarantine"):
+        # ingest quarantines records; the later stages remove documents (removed/), with the same columns
+        for entry in [*files_with_role(manifest, "quarantine"), *files_with_role(manifest, "removed")]:
             table = pq.read_table(fetch_verified(store, manifest, entry, Path(scratch)),
                                   columns=["origin", "reason", "detail", "size"])
             for row in table.to_pylist():
-                print(f"{row['reason']:20} {row['origin']:50} {row['size'] or 0:>10}  {row['detail']}")
+                print(f"{row['reason']:26} {row['origin']:40} {row['size'] or 0:>10}  {row['detail']}")
     return 0
+
+
+def removal_rows(stages: dict[str, dict]) -> list[tuple[str, str, int]]:
+    """(artifact, reason, documents) for every record quarantined or document removed, in DAG order."""
+    rows = []
+    for artifact, stage in sorted(stages.items(), key=lambda item: _stage_order(item[0])):
+        counts = stage.get("counts", {})
+        for group in ("quarantined", "removed"):
+            for reason, number in sorted(counts.get(group, {}).items(), key=lambda item: (-item[1], item[0])):
+                rows.append((artifact, reason, number))
+    return rows
 
 
 def cmd_runs(args) -> int:
@@ -124,6 +137,23 @@ def cmd_refs(args) -> int:
     return 0
 
 
+def cmd_quality_model(args) -> int:
+    from tasks.quality_model import train_quality_model
+
+    config = _config(args)
+    store = open_store(config.storage)
+    try:
+        manifest = train_quality_model(store, args.name, args.positive, args.negative, config.quality_model,
+                                       base_dir=Path.cwd())
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"artifact: {manifest['uri']}")
+    print(f"ref:      {manifest['artifact']} -> {manifest['version']}  "
+          f"(use it with filter.classifier.model: {manifest['artifact']})")
+    print(f"metrics:  {json.dumps(manifest['summary'], sort_keys=True)}")
+    return 0
+
+
 def cmd_stack(args) -> int:
     from . import stack
 
@@ -146,7 +176,7 @@ def _stage_order(artifact: str) -> tuple:
     from flows.pretrain_pipeline import STAGES
 
     stage, _, source = artifact.partition("/")
-    return (source, STAGES.index(stage) if stage in STAGES else len(STAGES))
+    return (STAGES.index(stage) if stage in STAGES else len(STAGES), source)
 
 
 def cmd_demo(args) -> int:
@@ -174,11 +204,21 @@ def cmd_demo(args) -> int:
             if stage.get("version"):
                 counts = dict(stage["counts"])
                 languages = counts.pop("languages", None)
+                eval_hits = counts.pop("eval_hits", None)
                 print(f"{'':22} manifest: {stage['uri']}/manifest.json")
                 print(f"{'':22} counts:   {json.dumps(counts)}")
                 if languages:
                     ranked = sorted(languages.items(), key=lambda item: (-item[1], item[0]))
                     print(f"{'':22} languages: " + ", ".join(f"{lang} {n}" for lang, n in ranked))
+                if eval_hits:
+                    print(f"{'':22} eval items found in the data: {len(eval_hits)} "
+                          f"({', '.join(sorted(eval_hits)[:5])}{', ...' if len(eval_hits) > 5 else ''})")
+        removals = removal_rows(run["stages"])
+        if removals:
+            print(f"\n{'removed by':22} {'reason':30} {'documents':>9}")
+            for artifact, reason, number in removals:
+                print(f"{artifact:22} {reason:30} {number:>9,}")
+            print(f"Inspect them: `.venv/bin/pretrain-pipeline artifacts quarantine <artifact>` (e.g. dedup)")
         print(f"\nBrowse later: `make up`, open {running.ui_url}; `. {directory / 'env'}` then "
               f"`.venv/bin/pretrain-pipeline artifacts list` or `.venv/bin/pretrain-pipeline runs show {run_id}`.")
         return 0 if state == "Completed" and run["status"] == "completed" else 1
@@ -224,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     refs.add_argument("artifact", nargs="?")
     refs.add_argument("version", nargs="?")
     refs.set_defaults(fn=cmd_refs)
+
+    quality = with_config(sub.add_parser("quality-model", help="train the fastText quality classifier"))
+    quality.add_argument("action", choices=["train"])
+    quality.add_argument("--positive", action="append", required=True, metavar="SPEC",
+                         help="high-quality examples: an artifact (filter/docs, filter/docs@VERSION) or a "
+                              ".jsonl/.txt file (.gz/.zst too); repeatable")
+    quality.add_argument("--negative", action="append", required=True, metavar="SPEC",
+                         help="low-quality examples, same forms; repeatable")
+    quality.add_argument("--name", default="default", help="artifact and ref quality-model/NAME")
+    quality.set_defaults(fn=cmd_quality_model)
 
     for name, fn, help_text in (("stack", cmd_stack, "the local stack: SeaweedFS, Prefect server and worker"),
                                 ("demo", cmd_demo, "start the stack, run pretrain-pipeline/full, print where to look")):

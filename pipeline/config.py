@@ -202,8 +202,86 @@ class LangidConfig(DataStageConfig):
         return self.keep == "all" or lang in self.keep
 
 
-FilterRule = Literal["gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity"]
-FILTER_RULES = ["gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity"]
+class DedupConfig(DataStageConfig):
+    """Exact and MinHash near-duplicate removal across all sources (and earlier runs, via `against`)."""
+
+    exact: bool = Field(True, description="remove documents whose normalised text is identical")
+    near: bool = Field(True, description="remove MinHash LSH near-duplicates")
+    ngram: int = Field(5, ge=1, le=64, description="shingle size in words (in characters for char_ngram_languages)")
+    char_ngram_languages: list[str] = Field(
+        ["ja", "zh", "th", "lo", "km", "my", "bo"],
+        description="languages written without spaces between words: shingles of characters instead of words",
+    )
+    num_perm: int = Field(112, ge=2, le=1024, description="MinHash permutations (= bands x rows)")
+    bands: int = Field(14, ge=1, le=1024)
+    rows: int = Field(8, ge=1, le=1024)
+    seed: int = Field(1, ge=0, le=2**32 - 1, description="seed of the MinHash permutations")
+    scheme: Literal["affine32"] = Field(
+        "affine32", description="datasketch permutation scheme, pinned: sketches of different schemes never mix"
+    )
+    keep: Literal["first", "longest", "earliest"] = Field(
+        "first", description="a cluster's representative: first in input order (sources in config order), "
+                             "the longest text, or the earliest fetch_date; ties go to input order",
+    )
+    against: str | None = Field(
+        None, description="an earlier dedup artifact version, or the name of a ref pointing at one: documents "
+                          "duplicating what it (and the runs before it) kept are removed too",
+    )
+    removed_sample_bytes: int = Field(2048, ge=0, le=1 << 20)
+
+    @model_validator(mode="after")
+    def _bands_fill_permutations(self) -> "DedupConfig":
+        if self.bands * self.rows != self.num_perm:
+            raise ValueError(f"bands x rows must equal num_perm: {self.bands} x {self.rows} != {self.num_perm}")
+        return self
+
+    def threshold(self) -> float:
+        """The Jaccard similarity at which a pair becomes a candidate with probability 1/2 (approximately)."""
+        return (1 / self.bands) ** (1 / self.rows)
+
+
+class DecontaminationConfig(Section):
+    """Eval sets whose items must not appear in training data (the `decontamination` filter rule)."""
+
+    eval_sets: list[str] = Field(
+        [], description="JSONL files (or glob patterns) of eval items; relative to pipeline.yaml's directory"
+    )
+    fields: list[str] = Field(
+        ["context", "question", "query", "choices", "text", "answer"],
+        description="fields of an item whose text is indexed (strings, or lists of strings)",
+    )
+    ngram: int = Field(13, ge=3, le=64, description="a shared word n-gram of this size marks a document")
+
+
+class ClassifierConfig(Section):
+    """The `quality_classifier` filter rule: a fastText model trained by `pretrain-pipeline quality-model train`."""
+
+    model: str | None = Field(
+        None, description="a quality-model artifact version, a ref name pointing at one, or a local .bin/.ftz path",
+    )
+    threshold: float = Field(0.5, ge=0, le=1, description="documents whose high-quality probability is lower are removed")
+
+
+class QualityModelConfig(Section):
+    """Training of the fastText quality classifier (positive: curated text, negative: raw crawl)."""
+
+    max_docs_per_class: int = Field(50_000, ge=10)
+    holdout_fraction: float = Field(0.1, gt=0, lt=0.5, description="documents kept aside to measure the model")
+    max_chars: int = Field(20_000, ge=100, description="characters of a document used (its beginning)")
+    epoch: int = Field(5, ge=1, le=100)
+    lr: float = Field(0.1, gt=0, le=2)
+    word_ngrams: int = Field(2, ge=1, le=5)
+    dim: int = Field(64, ge=8, le=512)
+    min_count: int = Field(2, ge=1)
+    buckets: int = Field(200_000, ge=1000, le=10_000_000,
+                         description="hash buckets of the word n-grams (fastText's default 2M makes ~0.5 GB models)")
+    seed: int = Field(0, ge=0, description="sampling and shuffling seed; training is single-threaded, so deterministic")
+    quantize: bool = Field(False, description="store a quantized .ftz (smaller, slightly less accurate)")
+
+
+FilterRule = Literal["gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity", "quality_classifier",
+                     "decontamination"]
+FILTER_RULES = ["gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity", "decontamination"]
 
 
 def _rule_settings(name: str, factory, values: dict) -> dict:
@@ -226,7 +304,7 @@ class FilterConfig(DataStageConfig):
 
     rules: list[FilterRule] = Field(FILTER_RULES, description="rules applied in this order; the first to fire removes")
     per_language: dict[str, list[FilterRule]] = Field(
-        {"ja": ["c4", "fineweb", "toxicity"], "zh": ["c4", "fineweb", "toxicity"], "th": ["c4", "fineweb", "toxicity"]},
+        {lang: ["c4", "fineweb", "toxicity", "decontamination"] for lang in ("ja", "zh", "th")},
         description="the rules for documents of a language, instead of `rules` (the Gopher word rules assume "
                     "spaces between words)",
     )
@@ -239,6 +317,8 @@ class FilterConfig(DataStageConfig):
     fineweb: dict[str, float | int | bool] = Field({})
     toxicity: dict[str, float | str] = Field({}, description="{mode: any|ratio, max_ratio: 0.001}")
     pii: dict[str, bool] = Field({}, description="{emails, ip_addresses, phone_numbers}: true to redact (default all)")
+    classifier: ClassifierConfig = ClassifierConfig()
+    decontamination: DecontaminationConfig = DecontaminationConfig()
     removed_sample_bytes: int = Field(2048, ge=0, le=1 << 20)
 
     @model_validator(mode="after")
@@ -251,6 +331,10 @@ class FilterConfig(DataStageConfig):
                               ("c4", C4Quality), ("fineweb", FineWebQuality), ("toxicity", WordListToxicity),
                               ("pii", PiiRedactor)):
             _rule_settings(name, factory, getattr(self, name))
+        used = [self.rules, *self.per_language.values(), *self.per_source.values()]
+        if any("quality_classifier" in rules for rules in used) and not self.classifier.model:
+            raise ValueError("the quality_classifier rule is listed but filter.classifier.model is not set "
+                             "(train one with `pretrain-pipeline quality-model train`)")
         return self
 
     def rules_for(self, source: str, lang: str) -> list[str]:
@@ -265,7 +349,9 @@ class PipelineConfig(Section):
     ingest: IngestConfig = IngestConfig()
     clean: CleanConfig = CleanConfig()
     langid: LangidConfig = LangidConfig()
+    dedup: DedupConfig = DedupConfig()
     filter: FilterConfig = FilterConfig()
+    quality_model: QualityModelConfig = QualityModelConfig()
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "PipelineConfig":

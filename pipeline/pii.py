@@ -22,6 +22,9 @@ _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:){2,7}(?::|[0-9A-Fa-f]{1,4})(?![0-9A-Fa-f:])"
                    r"|(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:)*:(?::?[0-9A-Fa-f]{1,4}){1,7}(?![0-9A-Fa-f:])")
+# Every IPv6 match holds two colons with at most four hex digits between them: a search for that is
+# ~100x cheaper than the full pattern, which then runs only where it can match.
+_IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?"
     r"(?:\(\d{1,4}\)[ .-]?\d{2,4}(?:[ .-]\d{2,4}){1,3}|\d{2,4}(?:[ .-]\d{2,4}){2,4})(?![\w-])"
@@ -74,12 +77,12 @@ class PiiRedactor:
 
             text = pattern.sub(substitute, text)
 
-        # Cheap tests first: most documents have no '@' and too few ':' for an IPv6 address.
+        # Cheap tests first: most documents have no '@' and no ':h:' for an IPv6 address.
         if self.emails and "@" in text:
             replace(_EMAIL, EMAIL_TOKEN, "email")
         if self.ip_addresses:
             replace(_IPV4, IP_TOKEN, "ip_address", _valid_ipv4)
-            if text.count(":") >= 2:
+            if _IPV6_HINT.search(text):
                 replace(_IPV6, IP_TOKEN, "ip_address", _valid_ipv6)
         if self.phone_numbers:
             replace(_PHONE, PHONE_TOKEN, "phone_number", _phone_digits_ok)

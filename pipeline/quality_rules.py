@@ -14,9 +14,11 @@ be counted per rule. Words are whitespace-separated tokens. The stop-word rules 
 
 from __future__ import annotations
 
+import bisect
 import re
-from collections import Counter
 from dataclasses import dataclass
+
+import numpy as np
 
 GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 BULLETS = ("•", "‣", "⁃", "◦", "●", "▪", "-", "*", "·")
@@ -42,41 +44,78 @@ def duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-def _ids(words: list[str]) -> list[int]:
+def _ids(words: list[str]) -> np.ndarray:
     """Words as small integers (n-grams of ints hash and compare much faster than of strings)."""
     vocabulary: dict[str, int] = {}
-    return [vocabulary.setdefault(word, len(vocabulary)) for word in words]
+    return np.fromiter((vocabulary.setdefault(word, len(vocabulary)) for word in words), dtype=np.uint64,
+                       count=len(words))
 
 
-def top_ngram_chars(words: list[str], n: int, ids: list[int] | None = None) -> int:
-    """Characters covered by the most frequent word n-gram (its length times its count)."""
+def _gram_keys(ids: np.ndarray, n: int) -> np.ndarray:
+    """One integer per word n-gram, equal exactly when the n-grams are: the ids in base 2^k (exact
+    while n * k <= 64 bits), else a 64-bit polynomial hash of them (collisions ~2^-64)."""
+    count = len(ids) - n + 1
+    bits = max(int(ids.max()).bit_length(), 1) if len(ids) else 1
+    base = np.uint64(1 << bits) if n * bits <= 64 else np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        keys = ids[:count].copy()
+        for offset in range(1, n):
+            keys *= base
+            keys += ids[offset:offset + count]
+    return keys
+
+
+def top_ngram_chars(words: list[str], n: int, ids: np.ndarray | None = None) -> int:
+    """Characters covered by the most frequent word n-gram (its length times its count); among equally
+    frequent ones, the first to occur."""
     ids = _ids(words) if ids is None else ids
     if len(ids) < n:
         return 0
-    grams = Counter(zip(*(ids[i:] for i in range(n))))
-    (start_gram, count), = grams.most_common(1)
-    if count < 2:
+    _, first, counts = np.unique(_gram_keys(ids, n), return_index=True, return_counts=True)
+    top = counts.max()
+    if top < 2:
         return 0
-    first = next(i for i in range(len(ids) - n + 1) if tuple(ids[i:i + n]) == start_gram)
-    return len(" ".join(words[first:first + n])) * count
+    start = int(first[counts == top].min())
+    return len(" ".join(words[start:start + n])) * int(top)
 
 
-def duplicated_ngram_chars(words: list[str], n: int, ids: list[int] | None = None) -> int:
-    """Characters in word n-grams that repeat an earlier n-gram, each repeat counted once (no overlap)."""
+def word_length_prefix(words: list[str]) -> np.ndarray:
+    """Characters of words[:i] (without spaces) at index i."""
+    return np.concatenate(([0], np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)))))
+
+
+def duplicated_ngram_chars(words: list[str], n: int, ids: np.ndarray | None = None,
+                           lengths: np.ndarray | None = None) -> int:
+    """Characters in word n-grams that repeat an earlier n-gram, each repeat counted once (no overlap).
+
+    The published definition walks the n-grams: a repeat of a gram seen so far is counted and the walk
+    jumps n positions ahead (the skipped positions are not added to the seen set); any other position
+    is added. Only positions whose gram occurred earlier can be repeats, so this visits just those and
+    decides "seen" exactly: a gram is seen if an earlier candidate position added it, or if its first
+    occurrence was not jumped over."""
     ids = _ids(words) if ids is None else ids
-    grams = list(zip(*(ids[i:] for i in range(n))))
-    if len(set(grams)) == len(grams):
-        return 0  # nothing repeats (the common case), found without the walk below
-    seen: set[tuple[int, ...]] = set()
-    chars = index = 0
-    while index < len(grams):
-        gram = grams[index]
-        if gram in seen:
-            chars += sum(len(word) for word in words[index:index + n])
-            index += n
+    if len(ids) < n:
+        return 0
+    _, first, inverse = np.unique(_gram_keys(ids, n), return_index=True, return_inverse=True)
+    first_of = first[inverse]
+    candidates = np.flatnonzero(first_of < np.arange(len(first_of)))
+    if not len(candidates):
+        return 0  # nothing repeats (the common case)
+    lengths = word_length_prefix(words) if lengths is None else lengths
+    gram_of, first_at = inverse[candidates].tolist(), first_of[candidates].tolist()
+    repeats: list[int] = []
+    seen: set[int] = set()
+    chars = 0
+    for position, gram, first_position in zip(candidates.tolist(), gram_of, first_at):
+        if repeats and position < repeats[-1] + n:
+            continue  # jumped over
+        jumped = bisect.bisect_left(repeats, first_position) - 1
+        first_visited = jumped < 0 or first_position >= repeats[jumped] + n
+        if gram in seen or first_visited:
+            chars += int(lengths[position + n] - lengths[position])
+            repeats.append(position)
         else:
             seen.add(gram)
-            index += 1
     return chars
 
 
@@ -113,7 +152,9 @@ class GopherQuality:
         if lines and sum(line.rstrip().endswith(ELLIPSES) for line in lines) / len(lines) > \
                 self.max_ellipsis_lines_ratio:
             return "gopher_ellipsis_lines_ratio"
-        if sum(any(ch.isalpha() for ch in word) for word in words) / len(words) < self.max_non_alpha_words_ratio:
+        # most words are all letters (isalpha runs in C); only the others are looked into
+        without_letters = sum(1 for word in words if not word.isalpha() and not any(ch.isalpha() for ch in word))
+        if 1 - without_letters / len(words) < self.max_non_alpha_words_ratio:
             return "gopher_non_alpha_words_ratio"
         if self.check_stop_words and sum(word.lower() in GOPHER_STOP_WORDS for word in words) < self.min_stop_words:
             return "gopher_few_stop_words"
@@ -149,8 +190,9 @@ class GopherRepetition:
         for n, limit in self.top_ngrams:
             if top_ngram_chars(words, n, ids) / len(text) > limit:
                 return f"gopher_top_{n}_gram"
+        lengths = word_length_prefix(words)
         for n, limit in sorted(self.dup_ngrams):
-            chars = duplicated_ngram_chars(words, n, ids)
+            chars = duplicated_ngram_chars(words, n, ids, lengths)
             if chars / len(text) > limit:
                 return f"gopher_dup_{n}_grams"
             if chars == 0:

@@ -47,10 +47,12 @@ class ShardUnit:
         return self.entry["bytes"]
 
 
-def shard_units(manifest: dict, role: str = "documents") -> list[ShardUnit]:
-    """A unit per data file of `role` in the manifest, in path order, keyed s00000, s00001, ...
-    (the same input artifact always gives the same keys, so resumed units match)."""
-    entries = sorted(files_with_role(manifest, role), key=lambda entry: entry["path"])
+def shard_units(manifest: dict, role: str = "documents", source: str | None = None) -> list[ShardUnit]:
+    """A unit per data file of `role` in the manifest (of one source, where files are tagged with theirs), in
+    path order, keyed s00000, s00001, ... (the same input artifact always gives the same keys, so resumed
+    units match)."""
+    entries = sorted((entry for entry in files_with_role(manifest, role)
+                      if source is None or entry.get("source", source) == source), key=lambda entry: entry["path"])
     return [ShardUnit(f"s{index:05d}", entry) for index, entry in enumerate(entries)]
 
 
@@ -125,10 +127,11 @@ def commit_units(writer: ArtifactWriter, records: list[dict], counts: dict, star
 
 
 def run_shard_stage(writer: ArtifactWriter, upstream: dict, work: Callable[[Any, ShardUnit], dict], job: Any,
-                    settings: Any, counts: dict, *, name: str, progress: Callable[[str], None], **summary: Any) -> dict:
-    """A stage that maps `work` over every document shard of its input artifact, then commits."""
+                    settings: Any, counts: dict, *, name: str, progress: Callable[[str], None],
+                    source: str | None = None, **summary: Any) -> dict:
+    """A stage that maps `work` over every document shard (of `source`) of its input artifact, then commits."""
     started = time.monotonic()
-    records = run_units(writer, shard_units(upstream), work, job, workers=settings.workers, name=name,
+    records = run_units(writer, shard_units(upstream, source=source), work, job, workers=settings.workers, name=name,
                         progress=progress, every=settings.progress_every_seconds)
     return commit_units(writer, records, counts, started, **summary)
 

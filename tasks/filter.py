@@ -1,9 +1,11 @@
-"""Filter stage: langid shards -> documents that pass the quality rules and the toxicity check,
+"""Filter stage: dedup (or langid) shards of one source -> documents that pass the quality rules and the toxicity check,
 with PII redacted; one artifact per source.
 
 Per document, the rules configured for its source or language run in order (Gopher quality, Gopher
-repetition, C4, FineWeb, LDNOOBW toxicity); the first that fires removes the document to removed/
-under its rule's name (e.g. `gopher_short_doc`, `c4_curly_bracket`, `toxicity_word_list`). C4's line
+repetition, C4, FineWeb, LDNOOBW toxicity, the fastText quality classifier, eval-set decontamination);
+the first that fires removes the document to removed/ under its rule's name (e.g. `gopher_short_doc`,
+`c4_curly_bracket`, `toxicity_word_list`, `quality_classifier`, `eval_overlap`). Decontamination also
+counts, per eval item, the documents that hit it (`eval_hits`). C4's line
 removals are kept in the text of documents that pass. E-mail addresses, IP addresses and phone
 numbers in kept documents are replaced by placeholder tokens and counted.
 
@@ -13,12 +15,17 @@ The core (`build_rules`, `filter_document`, `filter_shard`, `run_filter`) knows 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.artifacts import ArtifactWriter, StageSpec
+from pipeline.artifacts import sha256_file
 from pipeline.config import FilterConfig
+from pipeline.decontamination import EvalNgramIndex, eval_files, load_eval_items
 from pipeline.pii import PiiRedactor
+from pipeline.quality_classifier import QualityClassifier
 from pipeline.quality_rules import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
 from pipeline.shards import LANGID_SCHEMA, QUARANTINE_SCHEMA
 from pipeline.storage import ObjectStore
@@ -27,6 +34,7 @@ from pipeline.units import ShardUnit, UnitOutput, read_shard, resolve_writer_thr
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from .quality_model import resolve_classifier_model
 from .stage import RunContext, execute_stage, upstream_manifest
 
 STAGE = "filter"
@@ -42,9 +50,41 @@ class Rules:
     fineweb: FineWebQuality
     toxicity: WordListToxicity
     pii: PiiRedactor
+    decontamination: EvalNgramIndex
+    classifier: QualityClassifier | None
 
 
-def build_rules(settings: FilterConfig) -> Rules:
+@dataclass(frozen=True)
+class RuleInputs:
+    """What the rules need besides their settings: the eval items and the classifier model file."""
+
+    eval_items: tuple[tuple[str, str], ...] = ()
+    classifier_path: str | None = None
+    identity: dict = field(default_factory=dict)  # digests of the eval files and the model, for the version
+
+
+def resolve_rule_inputs(settings: FilterConfig, store: ObjectStore, base_dir: Path, scratch: Path) -> RuleInputs:
+    files = eval_files(settings.decontamination.eval_sets, base_dir)
+    items = tuple(load_eval_items(files, settings.decontamination.fields))
+    identity: dict[str, Any] = {"eval_sets": {path.name: sha256_file(path) for path in files}}
+    classifier_path = None
+    if settings.classifier.model:
+        path, digest = resolve_classifier_model(store, settings.classifier.model, base_dir, scratch)
+        classifier_path, identity["classifier_sha256"] = str(path), digest
+    return RuleInputs(items, classifier_path, identity)
+
+
+_RULES: dict[str, Rules] = {}
+
+
+def rules_for_job(job: "FilterJob") -> Rules:
+    """One set of rules per worker process and artifact (the eval index and the model load once)."""
+    if job.prefix not in _RULES:
+        _RULES[job.prefix] = build_rules(job.settings, job.inputs)
+    return _RULES[job.prefix]
+
+
+def build_rules(settings: FilterConfig, inputs: RuleInputs = RuleInputs()) -> Rules:
     quality = GopherQuality(**settings.gopher_quality)
     return Rules(
         gopher_quality=quality,
@@ -55,6 +95,8 @@ def build_rules(settings: FilterConfig) -> Rules:
         fineweb=FineWebQuality(**settings.fineweb),
         toxicity=WordListToxicity(**settings.toxicity),
         pii=PiiRedactor(**settings.pii),
+        decontamination=EvalNgramIndex.build(inputs.eval_items, settings.decontamination.ngram),
+        classifier=QualityClassifier(inputs.classifier_path) if inputs.classifier_path else None,
     )
 
 
@@ -74,6 +116,15 @@ def filter_document(text: str, lang: str, names: list[str], rules: Rules, settin
                 text = cleaned
         elif name == "fineweb":
             reason = rules.fineweb.check(text)
+        elif name == "decontamination":
+            hits = rules.decontamination.hits(text)
+            for item in hits:
+                counts["eval_hits"][item] = counts["eval_hits"].get(item, 0) + 1
+            reason = "eval_overlap" if hits else None
+        elif name == "quality_classifier":
+            assert rules.classifier is not None, "filter.classifier.model is required by the quality_classifier rule"
+            probability = rules.classifier.probability([text])[0]
+            reason = "quality_classifier" if probability < settings.classifier.threshold else None
         else:
             reason = rules.toxicity.check(text, lang)
         if reason is not None:
@@ -89,17 +140,18 @@ class FilterJob:
     source: str
     settings: FilterConfig
     store: ObjectStore
-    upstream: dict  # the langid manifest
+    upstream: dict  # the dedup manifest (or a langid one)
     prefix: str
+    inputs: RuleInputs = RuleInputs()
 
 
 def new_counts() -> dict[str, Any]:
-    return {"documents_in": 0, "documents": 0, "removed": {}, "c4_lines_removed": 0, "pii": {}}
+    return {"documents_in": 0, "documents": 0, "removed": {}, "c4_lines_removed": 0, "pii": {}, "eval_hits": {}}
 
 
 def filter_shard(job: FilterJob, unit: ShardUnit) -> dict:
     settings = job.settings
-    rules = build_rules(settings)
+    rules = rules_for_job(job)
     counts = new_counts()
     with UnitOutput(job.store, job.prefix, unit.key, settings, STAGE) as out:
         kept = out.writer("data", LANGID_SCHEMA, "documents", "text",
@@ -121,27 +173,34 @@ def filter_shard(job: FilterJob, unit: ShardUnit) -> dict:
     return {"unit": unit.key, "files": files, "counts": counts}
 
 
-def filter_spec(source: str, settings: FilterConfig, upstream: dict, rebuild: str | None = None) -> StageSpec:
+def filter_spec(source: str, settings: FilterConfig, upstream: dict, inputs: RuleInputs = RuleInputs(),
+                rebuild: str | None = None) -> StageSpec:
     config = settings.versioned()
     per_source = config.pop("per_source", {})
     config["source_rules"] = per_source.get(source)
+    # the eval files and the model count by content (their digests are inputs), not by name
+    config["decontamination"].pop("eval_sets")
+    config["classifier"].pop("model")
     return StageSpec(stage=STAGE, artifact=f"{STAGE}/{source}", code_version=CODE_VERSION, config=config,
-                     inputs={upstream["artifact"]: upstream["version"]}, rebuild=rebuild)
+                     inputs={upstream["artifact"]: upstream["version"], **inputs.identity}, rebuild=rebuild)
 
 
 def run_filter(source: str, settings: FilterConfig, store: ObjectStore, spec: StageSpec, upstream: dict,
-               progress: Callable[[str], None] = print) -> dict:
-    """Filter every document shard of the langid artifact `upstream` and commit; returns the manifest."""
+               progress: Callable[[str], None] = print, inputs: RuleInputs = RuleInputs()) -> dict:
+    """Filter every document shard of `source` in the artifact `upstream` and commit; returns the manifest."""
     writer = ArtifactWriter(store, spec)
-    job = FilterJob(source, settings, store, upstream, spec.prefix)
+    job = FilterJob(source, settings, store, upstream, spec.prefix, inputs)
     return run_shard_stage(writer, upstream, filter_shard, job, settings, new_counts(), name=f"filter[{source}]",
-                           progress=progress)
+                           progress=progress, source=source)
 
 
 @task(name="filter", task_run_name="filter[{source_name}]", cache_policy=NO_CACHE, persist_result=False)
-def filter_task(ctx: RunContext, source_name: str, langid_result: dict) -> Any:
-    """Resolve the version from the langid artifact and the config, then skip it (Cached) or filter."""
-    upstream = upstream_manifest(ctx, langid_result)
+def filter_task(ctx: RunContext, source_name: str, dedup_result: dict) -> Any:
+    """Resolve the version from the dedup artifact and the config, then skip it (Cached) or filter."""
+    upstream = upstream_manifest(ctx, dedup_result)
     settings = ctx.config.filter
-    spec = filter_spec(source_name, settings, upstream, rebuild=ctx.rebuild_token(f"{STAGE}/{source_name}"))
-    return execute_stage(ctx, spec, lambda emit: run_filter(source_name, settings, ctx.store, spec, upstream, emit))
+    with tempfile.TemporaryDirectory(dir=settings.scratch_dir, prefix="filter-model-") as scratch:
+        inputs = resolve_rule_inputs(settings, ctx.store, ctx.base_dir, Path(scratch))
+        spec = filter_spec(source_name, settings, upstream, inputs, rebuild=ctx.rebuild_token(f"{STAGE}/{source_name}"))
+        return execute_stage(ctx, spec, lambda emit: run_filter(source_name, settings, ctx.store, spec, upstream,
+                                                                emit, inputs))

@@ -109,8 +109,19 @@ def counts_table(counts: dict) -> list[dict]:
             if not isinstance(value, dict)]
     for group, values in counts.items():
         if isinstance(values, dict):
-            rows += [{"counter": group, "key": key, "value": value} for key, value in values.items()]
+            rows += [{"counter": group, "key": key, "value": value} for key, value in flatten(values).items()]
     return rows
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """{"web": {"documents": 3}} -> {"web.documents": 3}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def summary_markdown(manifest: dict, status: str, link: str | None) -> str:

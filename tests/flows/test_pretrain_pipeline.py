@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.pretrain_pipeline import STAGES
+from flows.pretrain_pipeline import GLOBAL_STAGES, STAGES
 from pipeline.artifacts import list_versions, read_manifest
 from pipeline.config import ConfigError, load_config
 from pipeline.sources import list_inputs
@@ -66,7 +66,8 @@ def test_flow_builds_each_source_then_skips_them_as_cached(tmp_path, seaweed, bu
     result = first.result()
     assert {s["status"] for s in result["stages"].values()} == {"executed"}
     assert _task_state_names(first.state_details.flow_run_id) == {
-        f"{stage}[{source}]": "Completed" for stage in STAGES for source in ("web", "docs")}
+        "dedup": "Completed", **{f"{stage}[{source}]": "Completed" for stage in STAGES if stage not in GLOBAL_STAGES
+                                 for source in ("web", "docs")}}
     store = S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url)
     web = read_manifest(store, "ingest/web", result["stages"]["ingest/web"]["version"])
     assert web["counts"]["documents"] == 10 and web["counts"]["skipped"] == {"warc_request_record": 10}
@@ -121,6 +122,11 @@ def test_only_and_force(tmp_path, seaweed, bucket, inputs):
     assert forced["stages"]["clean/web"]["status"] == "executed"
     assert forced["stages"]["clean/web"]["version"] != built["stages"]["clean/web"]["version"]
 
+    # only one source's filter: every langid and dedup are read as they are (Cached), the other filter not run
+    only_filter = pretrain_pipeline(config_path=str(config), only=["filter/docs"], force=["filter/docs"])
+    assert {name: stage["status"] for name, stage in only_filter["stages"].items()
+            if name.startswith(("dedup", "filter"))} == {"dedup": "cached", "filter/docs": "executed"}
+
     with pytest.raises(ConfigError, match=r"unknown stage\(s\) \['ingest/nope'\]"):
         pretrain_pipeline(config_path=str(config), only=["ingest/nope"])
 
@@ -148,6 +154,10 @@ def test_failed_source_reruns_alone_after_the_fix(tmp_path, seaweed, bucket, inp
     store = S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url)
     first = read_run(store, str(failed.state_details.flow_run_id))
     assert first["status"] == "failed" and "no input files" in first["stages"]["ingest/late"]["error"]
+    # dedup reads every source, so it and every filter wait for the fix; the other sources' chains ran
+    assert {first["stages"][name]["status"] for name in ("dedup", "filter/web", "filter/late", "clean/late")} == \
+        {"not_run"}
+    assert first["stages"]["langid/web"]["status"] == "executed"
 
     late = write_pages(tmp_path / "late.warc.gz", pages=2, seed=9)
     store.client.upload_file(str(late), bucket, "incoming/late.warc.gz")

@@ -79,3 +79,16 @@ def test_invalid_override_exits_2_naming_the_key(built, capsys):
     assert main(["validate", "-c", str(config_path), "--set", "ingest.shard_max_mb=-1"]) == 2
     assert "ingest.shard_max_mb" in capsys.readouterr().err
     assert main(["validate", "-c", str(config_path)]) == 0
+
+
+def test_removal_rows_list_every_reason_in_dag_order():
+    from pipeline.cli import removal_rows
+
+    stages = {
+        "filter/web": {"counts": {"removed": {"gopher_short_doc": 3, "eval_overlap": 5}}},
+        "dedup": {"counts": {"removed": {"near_duplicate": 7}}},
+        "ingest/web": {"counts": {"quarantined": {"invalid_json": 1}}},
+        "langid/web": {"counts": {"removed": {}}},
+    }
+    assert removal_rows(stages) == [("ingest/web", "invalid_json", 1), ("dedup", "near_duplicate", 7),
+                                    ("filter/web", "eval_overlap", 5), ("filter/web", "gopher_short_doc", 3)]

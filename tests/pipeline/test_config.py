@@ -109,7 +109,7 @@ def test_unknown_top_level_key(tmp_path):
     raw["ingets"] = {"workers": 2}
     message = config_error(tmp_path, raw)
     assert "ingets: unknown key" in message
-    assert "allowed keys here: clean, filter, ingest, langid, sources, storage" in message
+    assert "allowed keys here: clean, dedup, filter, ingest, langid, quality_model, sources, storage" in message
     assert str(tmp_path / "pipeline.yaml") in message
 
 
@@ -369,3 +369,15 @@ def test_flow_style_yaml_loads(tmp_path):
     """)
     config = load_config(write_config(tmp_path, text))
     assert config.ingest.unit_max_mb == 1 and config.sources[0].kind == "html"
+
+
+def test_dedup_and_classifier_settings_are_checked(tmp_path):
+    raw = raw_minimal()
+    raw["dedup"] = {"num_perm": 100}
+    assert "dedup: bands x rows must equal num_perm: 14 x 8 != 100" in config_error(tmp_path, raw)
+    raw = raw_minimal()
+    raw["filter"] = {"rules": ["c4", "quality_classifier"]}
+    assert "quality_classifier rule is listed but filter.classifier.model is not set" in config_error(tmp_path, raw)
+    raw = raw_minimal()
+    raw["dedup"] = {"scheme": "legacy"}
+    assert "dedup.scheme" in config_error(tmp_path, raw)

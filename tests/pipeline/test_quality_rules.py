@@ -129,3 +129,31 @@ def test_fineweb_rules():
     assert rule.check(duplicated) == "fineweb_char_dup_ratio"
     listy = "\n".join(f"{word} {i}." for i, word in enumerate(words(60).split()[:60]))
     assert FineWebQuality(short_line_thr=1.0).check(listy) == "fineweb_list_ratio"
+
+
+def _walk(words: list[str], n: int) -> int:
+    """The published definition, literally (datatrove's find_all_duplicate)."""
+    unique: set[str] = set()
+    chars = index = 0
+    while index < len(words) - n + 1:
+        gram = "".join(words[index:index + n])
+        if gram in unique:
+            chars += len(gram)
+            index += n
+        else:
+            unique.add(gram)
+            index += 1
+    return chars
+
+
+def test_duplicated_ngram_chars_equals_the_literal_walk_on_repetitive_texts():
+    import random
+
+    from pipeline.quality_rules import duplicated_ngram_chars
+
+    rng = random.Random(7)
+    for _ in range(300):
+        vocabulary = [f"w{i}" * rng.randint(1, 3) for i in range(rng.randint(1, 6))]
+        words = [rng.choice(vocabulary) for _ in range(rng.randint(0, 60))]
+        for n in (1, 2, 3, 5):
+            assert duplicated_ngram_chars(words, n) == _walk(words, n), (words, n)

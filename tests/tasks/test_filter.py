@@ -7,8 +7,8 @@ import pytest
 from pipeline.config import ConfigError, FilterConfig, WarcSource, validate_config
 from pipeline.pii import EMAIL_TOKEN
 from pipeline.storage import LocalStore
-from tasks.filter import build_rules, filter_document, filter_spec, new_counts
-from tests.conftest import SAMPLE
+from tasks.filter import RuleInputs, build_rules, filter_document, filter_spec, new_counts, resolve_rule_inputs
+from tests.conftest import REPO, SAMPLE
 from tests.tasks import chain
 from tests.raw_inputs import english_paragraphs
 
@@ -23,11 +23,12 @@ def sample_langid(tmp_path_factory):
     return store, chain.langid(store, "web", cleaned)
 
 
-def _filter(text: str, lang: str = "en", settings: FilterConfig | None = None) -> tuple[str, str | None, dict]:
+def _filter(text: str, lang: str = "en", settings: FilterConfig | None = None,
+            inputs: RuleInputs = RuleInputs()) -> tuple[str, str | None, dict]:
     settings = settings or FilterConfig()
     counts = new_counts()
-    text, reason = filter_document(text, lang, settings.rules_for("web", lang), build_rules(settings), settings,
-                                   counts)
+    text, reason = filter_document(text, lang, settings.rules_for("web", lang), build_rules(settings, inputs),
+                                   settings, counts)
     return text, reason, counts
 
 
@@ -83,3 +84,47 @@ def test_invalid_filter_settings_fail_with_the_key():
         validate_config({**base, "filter": {"per_source": {"nope": ["c4"]}}})
     with pytest.raises(ConfigError, match=r"filter.rules.0"):
         validate_config({**base, "filter": {"rules": ["gopher"]}})
+
+
+def test_a_document_sharing_13_words_with_an_eval_item_is_removed_and_the_item_reported():
+    items = (("cloze:7", PROSE.split("\n\n")[3]), ("cloze:8", "an item nobody quotes anywhere at all"))
+    text, reason, counts = _filter(PROSE, inputs=RuleInputs(eval_items=items))
+    assert reason == "eval_overlap" and counts["eval_hits"] == {"cloze:7": 1}
+    assert _filter(PROSE, settings=FilterConfig(rules=["c4"]), inputs=RuleInputs(eval_items=items))[1] is None
+
+
+def test_eval_sets_resolve_by_content_and_bad_ones_fail_clearly(tmp_path):
+    store = LocalStore(tmp_path / "store", "p")
+    settings = FilterConfig(decontamination={"eval_sets": ["data/sample/eval/*.jsonl"]})
+    inputs = resolve_rule_inputs(settings, store, REPO, tmp_path)
+    assert len(inputs.eval_items) >= 20 and inputs.eval_items[0][0] == "debian_cloze:0"
+    assert set(inputs.identity["eval_sets"]) == {"debian_cloze.jsonl"}
+    (tmp_path / "bad.jsonl").write_text('{"context": "fine"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: eval item is not valid JSON"):
+        resolve_rule_inputs(FilterConfig(decontamination={"eval_sets": ["bad.jsonl"]}), store, tmp_path, tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"'missing/\*.jsonl' matches no file"):
+        resolve_rule_inputs(FilterConfig(decontamination={"eval_sets": ["missing/*.jsonl"]}), store, tmp_path,
+                            tmp_path)
+    # the version follows the eval files' content
+    langid = {"artifact": "dedup", "version": "0" * 20}
+    (tmp_path / "a.jsonl").write_text('{"context": "one item"}\n')
+    one = resolve_rule_inputs(FilterConfig(decontamination={"eval_sets": ["a.jsonl"]}), store, tmp_path, tmp_path)
+    (tmp_path / "a.jsonl").write_text('{"context": "another item"}\n')
+    two = resolve_rule_inputs(FilterConfig(decontamination={"eval_sets": ["a.jsonl"]}), store, tmp_path, tmp_path)
+    assert filter_spec("web", FilterConfig(), langid, one).version != filter_spec("web", FilterConfig(), langid,
+                                                                                 two).version
+
+
+def test_the_quality_classifier_rule_removes_what_the_model_scores_low(tmp_path):
+    from pipeline.config import QualityModelConfig
+    from pipeline.quality_classifier import train_classifier
+    from tests.pipeline.test_quality_classifier import curated_paragraphs, spam_documents
+
+    good = list(curated_paragraphs())
+    model, _ = train_classifier(good[:-20], spam_documents(200), QualityModelConfig(dim=16, seed=3), tmp_path)
+    settings = FilterConfig(rules=["quality_classifier"], classifier={"model": str(model), "threshold": 0.5})
+    inputs = resolve_rule_inputs(settings, LocalStore(tmp_path / "store", "p"), tmp_path, tmp_path)
+    assert inputs.identity["classifier_sha256"] and inputs.classifier_path == str(model)
+    held_out_good = "\n\n".join(good[-20:])
+    assert _filter(held_out_good, settings=settings, inputs=inputs)[1] is None
+    assert _filter(spam_documents(1, seed=99)[0], settings=settings, inputs=inputs)[1] == "quality_classifier"
