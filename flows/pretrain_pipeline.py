@@ -3,6 +3,9 @@
     per source: ingest -> clean -> langid ─┐
                                            ├─> dedup (all sources, and the index of earlier runs)
     per source: filter <───────────────────┘
+                  │  └──────────────────────> tokenizer (trained on a sample of every source)
+    per source: tokens <───────────────────────────┘
+                  └─────────────────────────> mixture (the global training order)
 
 Parameters:
   config_path  pipeline.yaml to read (relative paths in it resolve against its directory)
@@ -34,14 +37,17 @@ from tasks.dedup import dedup_task
 from tasks.filter import filter_task
 from tasks.ingest import ingest_task
 from tasks.langid import langid_task
+from tasks.mixture import mixture_task
+from tasks.tokenize import tokenize_task
+from tasks.tokenizer import tokenizer_task
 from tasks.stage import RunContext
 
 FLOW_NAME = "pretrain-pipeline"
 # In DAG order. Per-source stages write `<stage>/<source>`; dedup reads every source's langid artifact
 # and writes one artifact, which every source's filter reads its own documents from.
 SOURCE_STAGES = (("ingest", ingest_task), ("clean", clean_task), ("langid", langid_task))
-STAGES = ("ingest", "clean", "langid", "dedup", "filter")
-GLOBAL_STAGES = {"dedup"}
+STAGES = ("ingest", "clean", "langid", "dedup", "filter", "tokenizer", "tokens", "mixture")
+GLOBAL_STAGES = {"dedup", "tokenizer", "mixture"}
 
 
 class PipelineFailed(RuntimeError):
@@ -58,13 +64,14 @@ def stage_names(config: PipelineConfig) -> set[str]:
 
 def downstream(config: PipelineConfig, stage: str, source: str | None) -> list[str]:
     """The artifact of `stage` (for `source`) and every artifact that reads it, directly or through others."""
-    start = STAGES.index(stage)
     names = []
-    for later in STAGES[start:]:
+    every_source = source is None  # past a global stage, every source depends on every other
+    for later in STAGES[STAGES.index(stage):]:
         if later in GLOBAL_STAGES:
             names.append(later)
-        elif source is None or start < STAGES.index("dedup") < STAGES.index(later):
-            names += artifact_names(config, later)  # past dedup, every source depends on every other
+            every_source = True
+        elif every_source:
+            names += artifact_names(config, later)
         else:
             names.append(f"{later}/{source}")
     return names
@@ -91,22 +98,39 @@ def run_source_chain(ctx: RunContext, source: str) -> dict[str, Any]:
     return states
 
 
+def completed(states: dict[str, Any], names: list[str]) -> bool:
+    return all(name in states and states[name].is_completed() for name in names)
+
+
+def run_global(ctx: RunContext, states: dict[str, Any], stage: str, stage_task, upstream: str) -> bool:
+    """Run a stage that reads every source's `upstream` artifact, once they all completed."""
+    names = {source.name: f"{upstream}/{source.name}" for source in ctx.config.sources}
+    if not needed(ctx, stage, None) or not completed(states, list(names.values())):
+        return False
+    states[stage] = stage_task(ctx, {source: states[name].result() for source, name in names.items()},
+                               return_state=True)
+    return states[stage].is_completed()
+
+
+def run_per_source(ctx: RunContext, states: dict[str, Any], stage: str, stage_task, *upstream: str) -> None:
+    """Run a per-source stage for every source, reading its own `<upstream>/<source>` (or a global one)."""
+    for source in ctx.config.sources:
+        names = [name if name in GLOBAL_STAGES else f"{name}/{source.name}" for name in upstream]
+        if needed(ctx, stage, source.name) and completed(states, names):
+            states[f"{stage}/{source.name}"] = stage_task(ctx, source.name, *(states[n].result() for n in names),
+                                                          return_state=True)
+
+
 def run_pipeline(ctx: RunContext) -> dict[str, Any]:
     """Every stage in DAG order; returns the Prefect state of each stage that ran, by artifact name."""
     states: dict[str, Any] = {}
     for source in ctx.config.sources:
         states.update(run_source_chain(ctx, source.name))
-    langid = {source.name: states.get(f"langid/{source.name}") for source in ctx.config.sources}
-    if not needed(ctx, "dedup", None) or not all(state is not None and state.is_completed()
-                                                 for state in langid.values()):
-        return states
-    states["dedup"] = dedup_task(ctx, {name: state.result() for name, state in langid.items()}, return_state=True)
-    if not states["dedup"].is_completed():
-        return states
-    for source in ctx.config.sources:
-        if needed(ctx, "filter", source.name):
-            states[f"filter/{source.name}"] = filter_task(ctx, source.name, states["dedup"].result(),
-                                                          return_state=True)
+    if run_global(ctx, states, "dedup", dedup_task, "langid"):
+        run_per_source(ctx, states, "filter", filter_task, "dedup")
+    if run_global(ctx, states, "tokenizer", tokenizer_task, "filter"):
+        run_per_source(ctx, states, "tokens", tokenize_task, "filter", "tokenizer")
+    run_global(ctx, states, "mixture", mixture_task, "tokens")
     return states
 
 

@@ -97,6 +97,20 @@ def removal_rows(stages: dict[str, dict]) -> list[tuple[str, str, int]]:
     return rows
 
 
+def mixture_table(counts: dict) -> list[str]:
+    """The mixture as GPT-3's Table 2.2: per source its tokens, weight, what training samples, epochs."""
+    lines = [f"{'source':14} {'tokens available':>16} {'weight':>7} {'sequences':>10} {'tokens sampled':>15} "
+             f"{'epochs':>7}"]
+    for source, row in counts["sources"].items():
+        lines.append(f"{source:14} {row['tokens_available']:>16,} {row['weight']:>7.1%} {row['sequences']:>10,} "
+                     f"{row['tokens']:>15,} {row['epochs']:>7.2f}{'  (capped)' if row.get('capped') else ''}")
+    lines.append(f"{'total':14} {'':>16} {'':>7} {counts['sequences']:>10,} {counts['tokens']:>15,}")
+    if counts.get("shortfall_sequences"):
+        lines.append(f"every source reached max_epochs: {counts['shortfall_sequences']:,} sequences of the budget "
+                     f"are not sampled")
+    return lines
+
+
 def cmd_runs(args) -> int:
     store = _store(args)
     if args.action == "list":
@@ -213,12 +227,15 @@ def cmd_demo(args) -> int:
                 if eval_hits:
                     print(f"{'':22} eval items found in the data: {len(eval_hits)} "
                           f"({', '.join(sorted(eval_hits)[:5])}{', ...' if len(eval_hits) > 5 else ''})")
+        mixture = run["stages"].get("mixture", {}).get("counts", {})
+        if mixture.get("sources"):
+            print("\n" + "\n".join(mixture_table(mixture)))
         removals = removal_rows(run["stages"])
         if removals:
             print(f"\n{'removed by':22} {'reason':30} {'documents':>9}")
             for artifact, reason, number in removals:
                 print(f"{artifact:22} {reason:30} {number:>9,}")
-            print(f"Inspect them: `.venv/bin/pretrain-pipeline artifacts quarantine <artifact>` (e.g. dedup)")
+            print("Inspect them: `.venv/bin/pretrain-pipeline artifacts quarantine <artifact>` (e.g. dedup)")
         print(f"\nBrowse later: `make up`, open {running.ui_url}; `. {directory / 'env'}` then "
               f"`.venv/bin/pretrain-pipeline artifacts list` or `.venv/bin/pretrain-pipeline runs show {run_id}`.")
         return 0 if state == "Completed" and run["status"] == "completed" else 1

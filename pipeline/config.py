@@ -102,19 +102,24 @@ Source = Annotated[Union[WarcSource, JsonlSource, HtmlSource], Field(discriminat
 SOURCE_KINDS = {"warc": WarcSource, "jsonl": JsonlSource, "html": HtmlSource}
 
 
-class DataStageConfig(Section):
-    """What every data stage has: parallelism, shard bounds, compression, progress, scratch space."""
+class ParallelStageConfig(Section):
+    """What every stage that maps over work units has: parallelism, progress, scratch space."""
 
     workers: int = Field(2, ge=1, le=1024, json_schema_extra=UNVERSIONED)
-    shard_max_mb: int = Field(64, ge=1, le=4096, description="content per Parquet shard")
-    shard_max_docs: int = Field(50_000, ge=1)
-    compression_level: int = Field(
-        1, ge=-7, le=22, description="zstd level of the Parquet shards: 1 writes ~1.7x faster than 3, files ~40% larger"
-    )
     progress_every_seconds: float = Field(10.0, gt=0, json_schema_extra=UNVERSIONED)
     scratch_dir: str | None = Field(
         None, description="local scratch space for shards before upload; default: system temp",
         json_schema_extra=UNVERSIONED,
+    )
+
+
+class DataStageConfig(ParallelStageConfig):
+    """A stage writing Parquet document shards: their bounds and compression."""
+
+    shard_max_mb: int = Field(64, ge=1, le=4096, description="content per Parquet shard")
+    shard_max_docs: int = Field(50_000, ge=1)
+    compression_level: int = Field(
+        1, ge=-7, le=22, description="zstd level of the Parquet shards: 1 writes ~1.7x faster than 3, files ~40% larger"
     )
 
 
@@ -262,6 +267,18 @@ class ClassifierConfig(Section):
     threshold: float = Field(0.5, ge=0, le=1, description="documents whose high-quality probability is lower are removed")
 
 
+class ToxicityClassifierConfig(Section):
+    """The `toxicity_classifier` filter rule: any scoring function, e.g. alt-profanity-check's for English."""
+
+    function: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="module:function taking a list of texts and returning their toxicity scores in [0, 1], "
+                    "e.g. profanity_check:predict_prob (pip install '.[toxicity]')",
+    )
+    threshold: float = Field(0.8, ge=0, le=1, description="documents scoring this or more are removed")
+    languages: list[str] = Field(["en"], description="languages the function is applied to; [] for all")
+
+
 class QualityModelConfig(Section):
     """Training of the fastText quality classifier (positive: curated text, negative: raw crawl)."""
 
@@ -279,8 +296,8 @@ class QualityModelConfig(Section):
     quantize: bool = Field(False, description="store a quantized .ftz (smaller, slightly less accurate)")
 
 
-FilterRule = Literal["gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity", "quality_classifier",
-                     "decontamination"]
+FilterRule = Literal["gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity", "toxicity_classifier",
+                     "quality_classifier", "decontamination"]
 FILTER_RULES = ["gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity", "decontamination"]
 
 
@@ -318,6 +335,7 @@ class FilterConfig(DataStageConfig):
     toxicity: dict[str, float | str] = Field({}, description="{mode: any|ratio, max_ratio: 0.001}")
     pii: dict[str, bool] = Field({}, description="{emails, ip_addresses, phone_numbers}: true to redact (default all)")
     classifier: ClassifierConfig = ClassifierConfig()
+    toxicity_classifier: ToxicityClassifierConfig = ToxicityClassifierConfig()
     decontamination: DecontaminationConfig = DecontaminationConfig()
     removed_sample_bytes: int = Field(2048, ge=0, le=1 << 20)
 
@@ -335,12 +353,113 @@ class FilterConfig(DataStageConfig):
         if any("quality_classifier" in rules for rules in used) and not self.classifier.model:
             raise ValueError("the quality_classifier rule is listed but filter.classifier.model is not set "
                              "(train one with `pretrain-pipeline quality-model train`)")
+        if any("toxicity_classifier" in rules for rules in used) and not self.toxicity_classifier.function:
+            raise ValueError("the toxicity_classifier rule is listed but filter.toxicity_classifier.function is not "
+                             "set (e.g. profanity_check:predict_prob)")
         return self
 
     def rules_for(self, source: str, lang: str) -> list[str]:
         if source in self.per_source:
             return self.per_source[source]
         return self.per_language.get(lang, self.rules)
+
+
+class TokenizerConfig(Section):
+    """The byte-level BPE tokenizer: trained on a sample of the filtered documents, or loaded from a file."""
+
+    path: str | None = Field(
+        None, json_schema_extra=UNVERSIONED,
+        description="an existing tokenizer.json to use instead of training one (relative to pipeline.yaml); "
+                    "the version follows its sha256, and the special tokens below must be in its vocabulary",
+    )
+    vocab_size: int = Field(32_000, ge=300, le=1 << 20, description="including the 256 byte symbols and the specials")
+    min_frequency: int = Field(2, ge=1, description="a merge needs at least this many occurrences")
+    sample_fraction: float = Field(1.0, gt=0, le=1, description="documents sampled for training, by a hash of their id")
+    sample_max_mb: float = Field(256, gt=0, description="at most this much text is used for training")
+    eos_token: str = Field("<|endoftext|>", min_length=1, description="between documents; also bos/unk for HF")
+    pad_token: str = Field("<|pad|>", min_length=1, description="fills the final partial sequence of a shard")
+    role_tokens: list[str] = Field(
+        ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        description="chat roles and the end of a turn, reserved for instruction fine-tuning",
+    )
+
+    @model_validator(mode="after")
+    def _special_tokens_distinct(self) -> "TokenizerConfig":
+        specials = [self.eos_token, self.pad_token, *self.role_tokens]
+        if len(set(specials)) != len(specials):
+            raise ValueError(f"special tokens must be distinct, got {specials}")
+        return self
+
+    def special_tokens(self) -> list[str]:
+        """In id order: eos is id 0, pad id 1, then the role tokens."""
+        return [self.eos_token, self.pad_token, *self.role_tokens]
+
+
+class TokenizeConfig(ParallelStageConfig):
+    """Packing documents into fixed-length token sequences, written as Arrow IPC shards."""
+
+    seq_len: int = Field(1024, ge=8, le=1 << 20, description="tokens a model sees per sequence; rows hold seq_len+1")
+    val_fraction: float = Field(0.01, ge=0, lt=0.5, description="documents held out per source, by a hash of the id")
+    loss_mask: bool = Field(False, description="add a per-token loss_mask column (instruction fine-tuning sets it)")
+    shard_max_sequences: int = Field(16_384, ge=1, description="sequences per Arrow file")
+    batch_documents: int = Field(256, ge=1, le=65536, description="documents encoded per encode_batch call",
+                                 json_schema_extra=UNVERSIONED)
+
+
+class MixtureConfig(Section):
+    """How many sequences of each source training reads, and in which order."""
+
+    method: Literal["weights", "temperature"] = Field(
+        "weights", description="weights: the `weights` below (GPT-3 Table 2.2 style); temperature: weight of a "
+                               "source proportional to its size to the power `alpha`",
+    )
+    weights: dict[str, float] = Field(
+        {}, description="per source; unlisted sources weigh 0 if any is listed, else all weigh alike")
+    alpha: float = Field(0.7, gt=0, le=1, description="temperature weighting exponent (1: proportional to size)")
+    budget_tokens: int | Literal["chinchilla"] = Field(
+        "chinchilla", description="training tokens, or chinchilla: tokens_per_parameter x the model's parameters",
+    )
+    tokens_per_parameter: float = Field(20.0, gt=0, description="the Chinchilla ratio")
+    max_epochs: float = Field(4.0, gt=0, description="cap on the repeats of any source; the rest of its share "
+                                                      "goes to the other sources")
+    seed: int = Field(0, ge=0, description="seed of the sampling and of the global order")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_non_negative(cls, weights: dict[str, float]) -> dict[str, float]:
+        for source, weight in weights.items():
+            if weight < 0:
+                raise ValueError(f"weight of {source!r} must be >= 0, got {weight}")
+        if weights and not any(weights.values()):
+            raise ValueError("at least one weight must be positive")
+        return weights
+
+
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    # GPT-2 / GPT-3 table sizes; `tiny` trains on a CPU in minutes (the demo)
+    "tiny": {"n_layer": 4, "n_head": 4, "d_model": 128, "n_positions": 256},
+    "gpt2-124m": {"n_layer": 12, "n_head": 12, "d_model": 768, "n_positions": 1024},
+    "gpt2-350m": {"n_layer": 24, "n_head": 16, "d_model": 1024, "n_positions": 1024},
+}
+
+
+class ModelConfig(Section):
+    """The GPT-2-architecture model: a preset, with any size field overridden."""
+
+    preset: Literal["tiny", "gpt2-124m", "gpt2-350m"] = "gpt2-124m"
+    n_layer: int | None = Field(None, ge=1, le=256)
+    n_head: int | None = Field(None, ge=1, le=256)
+    d_model: int | None = Field(None, ge=8, le=65536)
+    n_positions: int | None = Field(None, ge=8, le=1 << 20)
+
+    def size(self) -> dict[str, int]:
+        sizes = dict(MODEL_PRESETS[self.preset])
+        for name in sizes:
+            if getattr(self, name) is not None:
+                sizes[name] = getattr(self, name)
+        if sizes["d_model"] % sizes["n_head"]:
+            raise ValueError(f"model: d_model {sizes['d_model']} is not divisible by n_head {sizes['n_head']}")
+        return sizes
 
 
 class PipelineConfig(Section):
@@ -352,6 +471,10 @@ class PipelineConfig(Section):
     dedup: DedupConfig = DedupConfig()
     filter: FilterConfig = FilterConfig()
     quality_model: QualityModelConfig = QualityModelConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
+    mixture: MixtureConfig = MixtureConfig()
+    model: ModelConfig = ModelConfig()
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "PipelineConfig":
@@ -361,10 +484,18 @@ class PipelineConfig(Section):
                 raise ValueError(f"sources: duplicate source name {source.name!r}; names must be unique")
             seen.add(source.name)
         for key, mapping in (("clean.extractor_by_source", self.clean.extractor_by_source),
-                             ("filter.per_source", self.filter.per_source)):
+                             ("filter.per_source", self.filter.per_source), ("mixture.weights", self.mixture.weights)):
             unknown = sorted(set(mapping) - seen)
             if unknown:
                 raise ValueError(f"{key}: no source named {unknown}; sources: {sorted(seen)}")
+        return self
+
+    @model_validator(mode="after")
+    def _model_fits(self) -> "PipelineConfig":
+        sizes = self.model.size()
+        if sizes["n_positions"] < self.tokenize.seq_len:
+            raise ValueError(f"tokenize.seq_len {self.tokenize.seq_len} exceeds the model's n_positions "
+                             f"{sizes['n_positions']}")
         return self
 
     def source(self, name: str) -> WarcSource | JsonlSource | HtmlSource:
@@ -472,6 +603,8 @@ def format_error(err: dict[str, Any]) -> str:
     message = err["msg"]
     if kind == "value_error":
         message = message.removeprefix("Value error, ")
+    if not loc:  # a check across sections: the message names the keys; the input is the whole file
+        return f"{path}: {message}"
     return f"{path}: {message} (got {err.get('input')!r})"
 
 

@@ -2,7 +2,8 @@
 with PII redacted; one artifact per source.
 
 Per document, the rules configured for its source or language run in order (Gopher quality, Gopher
-repetition, C4, FineWeb, LDNOOBW toxicity, the fastText quality classifier, eval-set decontamination);
+repetition, C4, FineWeb, LDNOOBW toxicity, a pluggable toxicity classifier, the fastText quality
+classifier, eval-set decontamination);
 the first that fires removes the document to removed/ under its rule's name (e.g. `gopher_short_doc`,
 `c4_curly_bracket`, `toxicity_word_list`, `quality_classifier`, `eval_overlap`). Decontamination also
 counts, per eval item, the documents that hit it (`eval_hits`). C4's line
@@ -52,6 +53,18 @@ class Rules:
     pii: PiiRedactor
     decontamination: EvalNgramIndex
     classifier: QualityClassifier | None
+    toxicity_scores: Callable[[list[str]], Any] | None
+
+
+def scoring_function(reference: str) -> Callable[[list[str]], Any]:
+    """`module:function`, imported (filter.toxicity_classifier.function)."""
+    import importlib
+
+    module_name, _, name = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"filter.toxicity_classifier.function: cannot load {reference!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,8 @@ def build_rules(settings: FilterConfig, inputs: RuleInputs = RuleInputs()) -> Ru
         pii=PiiRedactor(**settings.pii),
         decontamination=EvalNgramIndex.build(inputs.eval_items, settings.decontamination.ngram),
         classifier=QualityClassifier(inputs.classifier_path) if inputs.classifier_path else None,
+        toxicity_scores=scoring_function(settings.toxicity_classifier.function)
+        if settings.toxicity_classifier.function else None,
     )
 
 
@@ -121,6 +136,13 @@ def filter_document(text: str, lang: str, names: list[str], rules: Rules, settin
             for item in hits:
                 counts["eval_hits"][item] = counts["eval_hits"].get(item, 0) + 1
             reason = "eval_overlap" if hits else None
+        elif name == "toxicity_classifier":
+            scoring = settings.toxicity_classifier
+            reason = None
+            if not scoring.languages or lang in scoring.languages:
+                assert rules.toxicity_scores is not None, "filter.toxicity_classifier.function is required"
+                if float(rules.toxicity_scores([text])[0]) >= scoring.threshold:
+                    reason = "toxicity_classifier"
         elif name == "quality_classifier":
             assert rules.classifier is not None, "filter.classifier.model is required by the quality_classifier rule"
             probability = rules.classifier.probability([text])[0]

@@ -101,6 +101,8 @@ def publish(ctx: RunContext, manifest: dict, result: dict) -> None:
                              description=description)
     create_table_artifact(key=f"{key}-counts", table=counts_table(manifest.get("counts", {})),
                           description=f"{description}: counts (in, out, removed by reason, histograms)")
+    if manifest.get("summary", {}).get("table"):  # a stage's own report, e.g. the mixture per source
+        create_table_artifact(key=f"{key}-table", table=manifest["summary"]["table"], description=description)
 
 
 def counts_table(counts: dict) -> list[dict]:

@@ -24,10 +24,23 @@ def write_pages(path: Path, pages: int, seed: int = 0, words_per_page: int = 400
     return path
 
 
+# The flow tests are about orchestration: the synthetic pages (a few words repeated) would not pass the
+# quality rules, and small token settings keep the later stages quick. Stage logic has its own tests.
+FLOW_TEST_SECTIONS = {
+    "dedup": {"workers": 1, "near": False},
+    "filter": {"workers": 1, "rules": [], "per_language": {}},
+    "tokenizer": {"vocab_size": 512},
+    "tokenize": {"workers": 1, "seq_len": 64},
+    "mixture": {"budget_tokens": 20_000},
+    "model": {"preset": "tiny"},
+}
+
+
 def write_config(path: Path, *, endpoint: str | None, bucket: str, sources: list[dict], prefix: str = "t",
                  **sections) -> Path:
     storage = {"backend": "s3", "endpoint_url": endpoint, "bucket": bucket, "prefix": prefix}
     config = {"storage": storage, "sources": sources, "ingest": {"workers": 1, **sections.pop("ingest", {})}}
+    config.update({name: {**defaults, **sections.pop(name, {})} for name, defaults in FLOW_TEST_SECTIONS.items()})
     config.update(sections)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -92,3 +92,16 @@ def test_removal_rows_list_every_reason_in_dag_order():
     }
     assert removal_rows(stages) == [("ingest/web", "invalid_json", 1), ("dedup", "near_duplicate", 7),
                                     ("filter/web", "eval_overlap", 5), ("filter/web", "gopher_short_doc", 3)]
+
+
+def test_mixture_table_reads_like_gpt3s():
+    from pipeline.cli import mixture_table
+
+    counts = {"sequences": 30, "tokens": 7680, "shortfall_sequences": 0, "sources": {
+        "web": {"tokens_available": 5000, "weight": 0.6, "sequences": 20, "tokens": 5120, "epochs": 1.02},
+        "docs": {"tokens_available": 1000, "weight": 0.4, "sequences": 10, "tokens": 2560, "epochs": 2.5,
+                 "capped": True}}}
+    lines = mixture_table(counts)
+    assert lines[0].split() == ["source", "tokens", "available", "weight", "sequences", "tokens", "sampled", "epochs"]
+    assert lines[1].split() == ["web", "5,000", "60.0%", "20", "5,120", "1.02"]
+    assert lines[2].split()[-1] == "(capped)" and lines[3].split() == ["total", "30", "7,680"]

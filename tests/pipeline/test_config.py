@@ -109,7 +109,8 @@ def test_unknown_top_level_key(tmp_path):
     raw["ingets"] = {"workers": 2}
     message = config_error(tmp_path, raw)
     assert "ingets: unknown key" in message
-    assert "allowed keys here: clean, dedup, filter, ingest, langid, quality_model, sources, storage" in message
+    assert "allowed keys here: clean, dedup, filter, ingest, langid, mixture, model, quality_model, sources, " \
+           "storage, tokenize, tokenizer" in message
     assert str(tmp_path / "pipeline.yaml") in message
 
 

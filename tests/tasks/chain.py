@@ -52,3 +52,29 @@ def read_rows(store, manifest: dict, role: str = "documents", tmp: Path | None =
         for entry in files_with_role(manifest, role):
             rows += pq.read_table(fetch_verified(store, manifest, entry, Path(scratch))).to_pylist()
     return rows
+
+
+def tokenizer(store, inputs: dict, settings=None, seq_len: int = 64) -> dict:
+    from pipeline.config import TokenizerConfig
+    from tasks.tokenizer import run_tokenizer, tokenizer_spec
+
+    settings = settings or TokenizerConfig(vocab_size=2048)
+    spec = tokenizer_spec(settings, inputs, seq_len, None)
+    return committed(store, spec) or run_tokenizer(settings, store, spec, inputs, seq_len, progress=lambda _m: None)
+
+
+def tokenize(store, source_name: str, upstream: dict, tokenizer_manifest: dict, settings=None) -> dict:
+    from pipeline.config import TokenizeConfig
+    from tasks.tokenize import run_tokenize, tokenize_spec
+
+    settings = settings or TokenizeConfig(workers=1, seq_len=64)
+    spec = tokenize_spec(source_name, settings, upstream, tokenizer_manifest)
+    return committed(store, spec) or run_tokenize(source_name, settings, store, spec, upstream, tokenizer_manifest,
+                                                  progress=lambda _m: None)
+
+
+def committed(store, spec) -> dict | None:
+    """The manifest if another test already built this version in a shared store (as the flow skips it)."""
+    from pipeline.artifacts import read_manifest
+
+    return read_manifest(store, spec.artifact, spec.version)

@@ -128,3 +128,16 @@ def test_the_quality_classifier_rule_removes_what_the_model_scores_low(tmp_path)
     held_out_good = "\n\n".join(good[-20:])
     assert _filter(held_out_good, settings=settings, inputs=inputs)[1] is None
     assert _filter(spam_documents(1, seed=99)[0], settings=settings, inputs=inputs)[1] == "quality_classifier"
+
+
+def test_the_toxicity_classifier_hook_scores_documents_of_its_languages():
+    settings = FilterConfig(rules=["toxicity_classifier"],
+                            toxicity_classifier={"function": "tests.tasks.toy_toxicity:score", "threshold": 0.9})
+    assert _filter(PROSE + "\n\nWhat a vile insult.", settings=settings)[1] == "toxicity_classifier"
+    assert _filter(PROSE, settings=settings)[1] is None
+    assert _filter(PROSE + "\n\nWhat a vile insult.", lang="de", settings=settings)[1] is None  # only [en]
+    with pytest.raises(ValueError, match="cannot load 'tests.tasks.toy_toxicity:nothing'"):
+        build_rules(FilterConfig(toxicity_classifier={"function": "tests.tasks.toy_toxicity:nothing"}))
+    with pytest.raises(ConfigError, match="toxicity_classifier rule is listed but"):
+        validate_config({"sources": [{"name": "web", "kind": "warc", "location": "x"}],
+                         "filter": {"rules": ["toxicity_classifier"]}})

@@ -1,0 +1,200 @@
+"""Mixture stage: how many training sequences come from each source, and the exact global order the
+trainer reads (`mixture`, one artifact over every `tokens/<source>`).
+
+1. Weights: `mixture.weights` per source (GPT-3 Table 2.2 style), or with `method: temperature` a
+   weight proportional to the source's size (train tokens) to the power `alpha`.
+2. Budget: `budget_tokens`, or `chinchilla`: tokens_per_parameter x the parameters of the configured
+   model (GPT-2 architecture, the tokenizer's vocabulary); in sequences: ceil(budget / seq_len).
+3. Allocation: sequences per source in proportion to the weights (largest remainders, so the total is
+   exact), each source capped at `max_epochs` passes over its data; what a capped source cannot take
+   goes to the others by weight; if every source is capped the shortfall is reported.
+4. Sampling: a source needing k of its n sequences takes floor(k/n) full passes plus a seeded random
+   subset of k mod n; all sampled sequences of all sources are then put in one seeded global
+   permutation — no shard's data arrives in one block — written as `order.arrow` (shard index, row):
+   an index over the token shards, not a copy of them.
+
+Manifest: `shards` (index -> source, tokens artifact and version, path, sequences), the table per
+source (tokens available, weight, sequences and tokens sampled, epochs, capped) in counts and summary.
+
+The core (`mixture_weights`, `allocate`, `sample_order`, `run_mixture`) knows nothing of Prefect;
+`mixture_task` is the thin task.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from model.sizing import chinchilla_tokens, gpt2_parameters
+from pipeline.artifacts import ArtifactWriter, StageSpec, files_with_role
+from pipeline.config import MixtureConfig
+from pipeline.storage import ObjectStore
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from .stage import RunContext, execute_stage, upstream_manifest
+
+STAGE = "mixture"
+CODE_VERSION = "1"
+ORDER_SCHEMA = pa.schema([pa.field("shard", pa.uint32(), nullable=False), pa.field("row", pa.uint32(), nullable=False)])
+
+
+def mixture_weights(settings: MixtureConfig, tokens: dict[str, int]) -> dict[str, float]:
+    """Normalised weights per source (sources without data weigh 0)."""
+    if settings.method == "temperature":
+        raw = {source: float(count) ** settings.alpha if count else 0.0 for source, count in tokens.items()}
+    elif settings.weights:
+        raw = {source: settings.weights.get(source, 0.0) if tokens[source] else 0.0 for source in tokens}
+    else:
+        raw = {source: 1.0 if count else 0.0 for source, count in tokens.items()}
+    total = sum(raw.values())
+    if not total:
+        raise ValueError("mixture: no source with a positive weight has training data")
+    return {source: value / total for source, value in raw.items()}
+
+
+def largest_remainder(total: int, weights: dict[str, float]) -> dict[str, int]:
+    """Integers proportional to the weights that add up to `total` exactly (ties: source order)."""
+    norm = sum(weights.values())
+    exact = {source: total * weight / norm for source, weight in weights.items()}
+    shares = {source: math.floor(value) for source, value in exact.items()}
+    left = total - sum(shares.values())
+    order = sorted(weights, key=lambda source: -(exact[source] - shares[source]))
+    for source in order[:left]:
+        shares[source] += 1
+    return shares
+
+
+def allocate(total: int, available: dict[str, int], weights: dict[str, float],
+             max_epochs: float) -> tuple[dict[str, int], int]:
+    """(sequences per source, shortfall): by weight, no source beyond max_epochs passes over its data."""
+    cap = {source: math.floor(max_epochs * count) for source, count in available.items()}
+    allocation = {source: 0 for source in available}
+    active = {source: weight for source, weight in weights.items() if weight > 0 and available[source] > 0}
+    remaining = total
+    while active and remaining > 0:
+        shares = largest_remainder(remaining, active)
+        over = [source for source in active if allocation[source] + shares[source] > cap[source]]
+        if not over:
+            for source, share in shares.items():
+                allocation[source] += share
+            remaining = 0
+            break
+        for source in over:
+            remaining -= cap[source] - allocation[source]
+            allocation[source] = cap[source]
+            del active[source]
+    return allocation, remaining
+
+
+def sample_indices(wanted: int, available: int, rng: np.random.Generator) -> np.ndarray:
+    """floor(wanted/available) full passes, then a random subset without repeats for the rest."""
+    passes, rest = divmod(wanted, available)
+    subset = np.sort(rng.choice(available, size=rest, replace=False)) if rest else np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.tile(np.arange(available), passes), subset]).astype(np.int64)
+
+
+def sample_order(allocation: dict[str, int], shards: list[dict], seed: int) -> np.ndarray:
+    """The global training order: rows (shard index, row in shard), every source's sample permuted together."""
+    parts = []
+    for source_index, (source, wanted) in enumerate(allocation.items()):
+        mine = [(index, shard["sequences"]) for index, shard in enumerate(shards) if shard["source"] == source]
+        if not wanted or not mine:
+            continue
+        offsets = np.cumsum([0] + [rows for _, rows in mine])
+        picked = sample_indices(wanted, int(offsets[-1]), np.random.default_rng([seed, source_index]))
+        where = np.searchsorted(offsets, picked, side="right") - 1
+        shard_ids = np.array([index for index, _ in mine], dtype=np.int64)[where]
+        parts.append(np.stack([shard_ids, picked - offsets[where]], axis=1))
+    if not parts:
+        return np.zeros((0, 2), dtype=np.int64)
+    order = np.concatenate(parts)
+    return order[np.random.default_rng(seed).permutation(len(order))]
+
+
+def train_shards(inputs: dict[str, dict]) -> list[dict]:
+    """Every train-split file of the tokens artifacts, in source then path order: the shard index."""
+    return [{"source": source, "artifact": manifest["artifact"], "version": manifest["version"],
+             "path": entry["path"], "sequences": entry["sequences"]}
+            for source, manifest in inputs.items()
+            for entry in sorted(files_with_role(manifest, "tokens"), key=lambda e: e["path"])
+            if entry["split"] == "train"]
+
+
+def budget(settings: MixtureConfig, model_size: dict[str, int], vocab_size: int) -> tuple[int, dict]:
+    """(training tokens, how they were chosen)."""
+    parameters = gpt2_parameters(model_size["n_layer"], model_size["d_model"], model_size["n_positions"], vocab_size)
+    plan = {"parameters": parameters, "chinchilla_tokens": chinchilla_tokens(parameters, settings.tokens_per_parameter)}
+    if settings.budget_tokens == "chinchilla":
+        return plan["chinchilla_tokens"], {**plan, "budget": "chinchilla"}
+    return int(settings.budget_tokens), {**plan, "budget": "budget_tokens"}
+
+
+def mixture_table(inputs: dict[str, dict], weights: dict[str, float], allocation: dict[str, int],
+                  seq_len: int) -> list[dict]:
+    rows = []
+    for source, manifest in inputs.items():
+        available = manifest["counts"]["splits"]["train"]["sequences"]
+        sampled = allocation.get(source, 0)
+        rows.append({"source": source, "tokens_available": manifest["counts"]["splits"]["train"]["tokens"],
+                     "sequences_available": available, "weight": round(weights[source], 4),
+                     "sequences": sampled, "tokens": sampled * seq_len,
+                     "epochs": round(sampled / available, 3) if available else 0.0})
+    return rows
+
+
+def mixture_spec(settings: MixtureConfig, inputs: dict[str, dict], model_size: dict[str, int],
+                 rebuild: str | None = None) -> StageSpec:
+    return StageSpec(stage=STAGE, artifact=STAGE, code_version=CODE_VERSION,
+                     config={**settings.versioned(), "model_size": model_size},
+                     inputs={manifest["artifact"]: manifest["version"] for manifest in inputs.values()}, rebuild=rebuild)
+
+
+def run_mixture(settings: MixtureConfig, store: ObjectStore, spec: StageSpec, inputs: dict[str, dict],
+                model_size: dict[str, int], progress: Callable[[str], None] = print) -> dict:
+    """Weigh, allocate, sample and order; commit the mixture artifact; returns the manifest."""
+    started = time.monotonic()
+    first = next(iter(inputs.values()))
+    seq_len, vocab_size = first["summary"]["seq_len"], first["summary"]["vocab_size"]
+    weights = mixture_weights(settings, {s: m["counts"]["splits"]["train"]["tokens"] for s, m in inputs.items()})
+    tokens, plan = budget(settings, model_size, vocab_size)
+    available = {source: manifest["counts"]["splits"]["train"]["sequences"] for source, manifest in inputs.items()}
+    allocation, shortfall = allocate(math.ceil(tokens / seq_len), available, weights, settings.max_epochs)
+    shards = train_shards(inputs)
+    order = sample_order(allocation, shards, settings.seed)
+    table = mixture_table(inputs, weights, allocation, seq_len)
+    for row in table:
+        row["capped"] = row["sequences"] >= math.floor(settings.max_epochs * row["sequences_available"]) > 0
+        progress(f"mixture: {row['source']:12} weight {row['weight']:.3f}  {row['sequences']:>8} sequences  "
+                 f"{row['epochs']:.2f} epochs{'  (capped)' if row['capped'] else ''}")
+    writer = ArtifactWriter(store, spec)
+    with tempfile.TemporaryDirectory(prefix="mixture-") as scratch:
+        path = Path(scratch) / "order.arrow"
+        with pa.ipc.new_file(str(path), ORDER_SCHEMA) as out:
+            out.write_table(pa.table({"shard": order[:, 0].astype(np.uint32), "row": order[:, 1].astype(np.uint32)},
+                                     schema=ORDER_SCHEMA))
+        files = [writer.put_file("order.arrow", path, "order", rows=len(order))]
+    counts = {"sequences": int(len(order)), "tokens": int(len(order)) * seq_len, "shortfall_sequences": shortfall,
+              "sources": {row["source"]: {k: v for k, v in row.items() if k != "source"} for row in table}}
+    summary = {"seq_len": seq_len, "budget_tokens": tokens, **plan, "shards": shards, "table": table,
+               "seconds": round(time.monotonic() - started, 3)}
+    if shortfall:
+        progress(f"mixture: every source reached max_epochs {settings.max_epochs}; {shortfall} sequences of the "
+                 f"budget are not sampled")
+    return writer.commit(files, counts, summary=summary)
+
+
+@task(name="mixture", task_run_name="mixture", cache_policy=NO_CACHE, persist_result=False)
+def mixture_task(ctx: RunContext, tokens_results: dict[str, dict]) -> Any:
+    """Resolve the version from every tokens artifact, the model size and the config; skip or build."""
+    inputs = {source: upstream_manifest(ctx, result) for source, result in tokens_results.items()}
+    settings = ctx.config.mixture
+    model_size = ctx.config.model.size()
+    spec = mixture_spec(settings, inputs, model_size, rebuild=ctx.rebuild_token(STAGE))
+    return execute_stage(ctx, spec, lambda emit: run_mixture(settings, ctx.store, spec, inputs, model_size, emit))

@@ -1,0 +1,151 @@
+"""Tokenize stage: one source's filtered documents -> Arrow IPC shards of packed token sequences
+(`tokens/<source>`), train and validation split.
+
+Each work unit (one filtered document shard, in parallel over processes) streams its documents,
+encodes them with the tokenizer artifact in batches (`encode_batch`, one thread per worker process:
+`workers` is the parallelism), and packs them with pipeline.token_shards.Packer into rows of
+seq_len + 1 ids, end-of-text after each document. A document goes to the validation split when a hash
+of its id falls below `val_fraction`, so the split is the same on every rerun. Each unit's last partial
+row per split is padded (see pipeline/token_shards.py). Files: `train/<unit>-NNNN.arrow`,
+`val/<unit>-NNNN.arrow`, each listed in the manifest with its split, sequences, tokens (without padding)
+and documents (end-of-text tokens in it).
+
+The core (`tokenize_unit`, `run_tokenize`) knows nothing of Prefect; `tokenize_task` is the thin task.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.artifacts import ArtifactWriter, StageSpec, upload_file
+from pipeline.config import TokenizeConfig
+from pipeline.storage import ObjectStore
+from pipeline.token_shards import Packer, TokenShardWriter, read_tokens, sequences, token_dtype, token_schema
+from pipeline.units import ShardUnit, UnitOutput, read_shard, run_shard_stage
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from .stage import RunContext, execute_stage, upstream_manifest
+from .tokenizer import id_fraction, special_ids, tokenizer_json
+
+STAGE = "tokens"
+CODE_VERSION = "1"
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class TokenizeJob:
+    source: str
+    settings: TokenizeConfig
+    store: ObjectStore
+    upstream: dict  # the filter manifest
+    prefix: str
+    tokenizer: str  # tokenizer.json
+    eos_id: int
+    pad_id: int
+    vocab_size: int
+
+
+@lru_cache(maxsize=2)
+def _tokenizer(serialized: str):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(serialized)
+    tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
+def new_counts() -> dict[str, Any]:
+    """documents_in = documents; per split: documents, tokens (each document's ids plus its end-of-text),
+    sequences; and the padding of the partial last rows."""
+    return {"documents_in": 0, "documents": 0, "padding_tokens": 0,
+            "splits": {split: {"documents": 0, "tokens": 0, "sequences": 0} for split in SPLITS}}
+
+
+def split_of(doc_id: str, val_fraction: float) -> str:
+    return "val" if id_fraction(doc_id, "validation-split") < val_fraction else "train"
+
+
+def tokenize_unit(job: TokenizeJob, unit: ShardUnit) -> dict:
+    # One encoding thread per worker process: the `workers` setting is the parallelism.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    settings = job.settings
+    tokenizer = _tokenizer(job.tokenizer)
+    dtype = token_dtype(job.vocab_size)
+    schema = token_schema(settings.seq_len, dtype, settings.loss_mask)
+    counts = new_counts()
+    with UnitOutput(job.store, job.prefix, unit.key, settings, STAGE) as out:
+        def writer(split: str) -> TokenShardWriter:
+            def upload(path: Path, rows: int) -> None:
+                ids = sequences(read_tokens(path))
+                out.files.append(upload_file(
+                    job.store, job.prefix, f"{split}/{path.name}", path, "tokens", split=split, source=job.source,
+                    sequences=rows, tokens=int(np.count_nonzero(ids != job.pad_id)),
+                    documents=int(np.count_nonzero(ids == job.eos_id))))
+            return TokenShardWriter(out.scratch / split, unit.key, schema, job.source, settings.shard_max_sequences,
+                                    upload)
+
+        writers = {split: writer(split) for split in SPLITS}
+        packers = {split: Packer(settings.seq_len + 1, job.eos_id, job.pad_id, dtype) for split in SPLITS}
+
+        def emit(split: str, rows: tuple[np.ndarray, np.ndarray]) -> None:
+            if len(rows[0]):
+                counts["splits"][split]["sequences"] += len(rows[0])
+                writers[split].write(*rows)
+
+        for batch in read_shard(job.store, job.upstream, unit.entry, out.scratch, columns=["id", "text"],
+                                batch_rows=settings.batch_documents):
+            ids, texts = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+            for doc_id, encoding in zip(ids, tokenizer.encode_batch(texts, add_special_tokens=False)):
+                split = split_of(doc_id, settings.val_fraction)
+                counts["documents_in"] += 1
+                counts["documents"] += 1
+                counts["splits"][split]["documents"] += 1
+                counts["splits"][split]["tokens"] += len(encoding.ids) + 1
+                emit(split, packers[split].add(encoding.ids))
+        for split in SPLITS:
+            tail = packers[split].finish()
+            if len(tail[0]):
+                counts["padding_tokens"] += int(np.count_nonzero(tail[1][0] == 0))
+            emit(split, tail)
+            writers[split].close()
+        files = out.close()
+    return {"unit": unit.key, "files": files, "counts": counts}
+
+
+def tokenize_spec(source: str, settings: TokenizeConfig, upstream: dict, tokenizer: dict,
+                  rebuild: str | None = None) -> StageSpec:
+    return StageSpec(stage=STAGE, artifact=f"{STAGE}/{source}", code_version=CODE_VERSION, config=settings.versioned(),
+                     inputs={upstream["artifact"]: upstream["version"], tokenizer["artifact"]: tokenizer["version"]},
+                     rebuild=rebuild)
+
+
+def run_tokenize(source: str, settings: TokenizeConfig, store: ObjectStore, spec: StageSpec, upstream: dict,
+                 tokenizer: dict, progress: Callable[[str], None] = print) -> dict:
+    """Tokenize and pack every document shard of `source` in `upstream` and commit; returns the manifest."""
+    specials = special_ids(tokenizer)
+    job = TokenizeJob(source, settings, store, upstream, spec.prefix, tokenizer_json(store, tokenizer),
+                      eos_id=specials[tokenizer["config"]["eos_token"]], pad_id=specials[tokenizer["config"]["pad_token"]],
+                      vocab_size=tokenizer["counts"]["vocab_size"])
+    writer = ArtifactWriter(store, spec)
+    dtype = token_dtype(job.vocab_size)
+    return run_shard_stage(writer, upstream, tokenize_unit, job, settings, new_counts(), name=f"tokenize[{source}]",
+                           progress=progress, source=source, seq_len=settings.seq_len, dtype=str(dtype),
+                           eos_id=job.eos_id, pad_id=job.pad_id, vocab_size=job.vocab_size)
+
+
+@task(name="tokens", task_run_name="tokens[{source_name}]", cache_policy=NO_CACHE, persist_result=False)
+def tokenize_task(ctx: RunContext, source_name: str, filter_result: dict, tokenizer_result: dict) -> Any:
+    """Resolve the version from the filtered documents, the tokenizer and the config; skip or tokenize."""
+    upstream = upstream_manifest(ctx, filter_result)
+    tokenizer = upstream_manifest(ctx, tokenizer_result)
+    settings = ctx.config.tokenize
+    spec = tokenize_spec(source_name, settings, upstream, tokenizer, rebuild=ctx.rebuild_token(f"{STAGE}/{source_name}"))
+    return execute_stage(ctx, spec, lambda emit: run_tokenize(source_name, settings, ctx.store, spec, upstream,
+                                                              tokenizer, emit))
