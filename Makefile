@@ -41,6 +41,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_clean_langid.py
 	$(BIN)/python benchmarks/bench_dedup.py
+	$(BIN)/python benchmarks/bench_tokenize.py
 
 sample: venv
 	$(BIN)/python scripts/build_sample_corpus.py --out data/sample

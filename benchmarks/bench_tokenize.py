@@ -18,7 +18,7 @@ Measured, each repeated and the median taken:
   split, pack, write the Arrow shards, hash and store them, commit; a new version each time;
 - stage_w2: the same with 2 worker processes (the fork server is started by an untimed run first, as
   a long-running worker keeps it);
-- memory: peak RSS (ru_maxrss) of a fresh process running stage_w1 alone (the corpus and the tokenizer are
+- memory: peak RSS (VmHWM) of a fresh process running stage_w1 alone (the corpus and the tokenizer are
   prepared by this process first) on the corpus and on the corpus x4.
 
 Writes benchmarks/results/tokenize.json. Targets (from the issue): stage_w1 / ceiling >= 0.85 in tokens
@@ -108,15 +108,25 @@ def timed(fn) -> dict:
     return {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0}
 
 
+def peak_rss_kb() -> int:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, Linux does not carry it over from the parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def memory_child(directory: str) -> None:
     """Run in a fresh process: stage_w1 on a prepared store; prints the peak RSS."""
     from pipeline.storage import LocalStore
 
+    import tasks.tokenize  # noqa: F401  (imports are not the stage's memory)
+
     setup_record = json.loads((Path(directory) / "setup.json").read_text())
     store = LocalStore(Path(directory) / "store", "bench")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_kb()
     manifest = run_stage(store, setup_record["upstream"], setup_record["tokenizer"], 1, "memory")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kb()
     splits = manifest["counts"]["splits"]
     print(json.dumps({"documents": manifest["counts"]["documents_in"],
                       "tokens": splits["train"]["tokens"] + splits["val"]["tokens"],
