@@ -6,6 +6,7 @@
                   │  └──────────────────────> tokenizer (trained on a sample of every source)
     per source: tokens <───────────────────────────┘
                   └─────────────────────────> mixture (the global training order)
+                                                    └──> pretrain (DeepSpeed)
 
 Parameters:
   config_path  pipeline.yaml to read (relative paths in it resolve against its directory)
@@ -38,6 +39,7 @@ from tasks.filter import filter_task
 from tasks.ingest import ingest_task
 from tasks.langid import langid_task
 from tasks.mixture import mixture_task
+from tasks.pretrain import pretrain_task
 from tasks.tokenize import tokenize_task
 from tasks.tokenizer import tokenizer_task
 from tasks.stage import RunContext
@@ -46,8 +48,8 @@ FLOW_NAME = "pretrain-pipeline"
 # In DAG order. Per-source stages write `<stage>/<source>`; dedup reads every source's langid artifact
 # and writes one artifact, which every source's filter reads its own documents from.
 SOURCE_STAGES = (("ingest", ingest_task), ("clean", clean_task), ("langid", langid_task))
-STAGES = ("ingest", "clean", "langid", "dedup", "filter", "tokenizer", "tokens", "mixture")
-GLOBAL_STAGES = {"dedup", "tokenizer", "mixture"}
+STAGES = ("ingest", "clean", "langid", "dedup", "filter", "tokenizer", "tokens", "mixture", "pretrain")
+GLOBAL_STAGES = {"dedup", "tokenizer", "mixture", "pretrain"}
 
 
 class PipelineFailed(RuntimeError):
@@ -130,7 +132,9 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
         run_per_source(ctx, states, "filter", filter_task, "dedup")
     if run_global(ctx, states, "tokenizer", tokenizer_task, "filter"):
         run_per_source(ctx, states, "tokens", tokenize_task, "filter", "tokenizer")
-    run_global(ctx, states, "mixture", mixture_task, "tokens")
+    if run_global(ctx, states, "mixture", mixture_task, "tokens") and needed(ctx, "pretrain", None):
+        states["pretrain"] = pretrain_task(ctx, states["mixture"].result(), states["tokenizer"].result(),
+                                           return_state=True)
     return states
 
 

@@ -214,6 +214,9 @@ def train(spec: dict) -> dict:
         stop_here = step == settings.get("stop_at_step")
         if step % settings["checkpoint_every"] == 0 or step == settings["steps"] or stop_here:
             engine.save_checkpoint(str(checkpoints), tag=f"step{step:07d}", client_state={"step": step})
+            dist.barrier()
+            if rank == 0:  # the launching task uploads it to the artifact store on this line
+                print(json.dumps({"checkpoint": f"step{step:07d}", "step": step}), flush=True)
         if stop_here:
             break
     dist.barrier()

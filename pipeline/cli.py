@@ -227,6 +227,13 @@ def cmd_demo(args) -> int:
                 if eval_hits:
                     print(f"{'':22} eval items found in the data: {len(eval_hits)} "
                           f"({', '.join(sorted(eval_hits)[:5])}{', ...' if len(eval_hits) > 5 else ''})")
+        pretrain = run["stages"].get("pretrain", {})
+        if pretrain.get("version"):
+            counts = pretrain["counts"]
+            print(f"\npretraining: loss {counts['first_loss']:.3f} -> {counts['last_loss']:.3f} over {counts['steps']} "
+                  f"steps ({counts['tokens']:,} tokens), final perplexity {counts['final_perplexity']:.1f}")
+            print(f"loss curve:  {pretrain['uri']}/loss_curve.png")
+            print(f"HF model:    {pretrain['uri']}/hf/  (GPT2LMHeadModel.from_pretrained after download)")
         mixture = run["stages"].get("mixture", {}).get("counts", {})
         if mixture.get("sources"):
             print("\n" + "\n".join(mixture_table(mixture)))

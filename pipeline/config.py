@@ -462,6 +462,44 @@ class ModelConfig(Section):
         return sizes
 
 
+class TrainConfig(Section):
+    """Pretraining with DeepSpeed: processes, the optimisation, checkpoints."""
+
+    processes: int = Field(1, ge=1, le=4096, description="ranks on this machine (GPUs, or CPU processes)",
+                           json_schema_extra=UNVERSIONED)
+    launcher: Literal["auto", "deepspeed", "torchrun"] = Field(
+        "auto", json_schema_extra=UNVERSIONED,
+        description="auto: no launcher for one process, else DeepSpeed's; a hostfile always uses DeepSpeed's",
+    )
+    hostfile: str | None = Field(None, json_schema_extra=UNVERSIONED,
+                                 description="DeepSpeed hostfile for several nodes (`host slots=N` per line)")
+    accelerator: Literal["cpu", "cuda"] = Field("cpu", json_schema_extra=UNVERSIONED,
+                                                description="DS_ACCELERATOR: cpu (gloo) here, cuda on GPUs")
+    threads_per_process: int = Field(1, ge=1, le=256, json_schema_extra=UNVERSIONED,
+                                     description="OMP_NUM_THREADS of each rank on CPU")
+    micro_batch: int = Field(8, ge=1, description="sequences per rank per micro-step")
+    grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
+    steps: int | Literal["auto"] = Field("auto", description="optimizer steps; auto: one pass over the mixture's order")
+    lr: float = Field(6e-4, gt=0)
+    min_lr: float = Field(6e-5, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.1, ge=0, description="on the block matrices only")
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    clip: float = Field(1.0, ge=0, description="gradient clipping by global norm; 0 disables")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    zero_stage: int = Field(1, ge=0, le=3)
+    seed: int = Field(0, ge=0)
+    checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints (kept in the artifact store)")
+    log_every: int = Field(10, ge=1, json_schema_extra=UNVERSIONED)
+    peak_tflops: float | None = Field(
+        None, gt=0, json_schema_extra=UNVERSIONED,
+        description="the accelerator's peak TFLOP/s per rank, for the MFU estimate (e.g. 989 for an H100 in bf16)",
+    )
+    work_dir: str | None = Field(None, json_schema_extra=UNVERSIONED,
+                                 description="local space for token shards and checkpoints; default: system temp")
+
+
 class PipelineConfig(Section):
     storage: StorageConfig = StorageConfig()
     sources: list[Source] = Field(min_length=1)
@@ -475,6 +513,7 @@ class PipelineConfig(Section):
     tokenize: TokenizeConfig = TokenizeConfig()
     mixture: MixtureConfig = MixtureConfig()
     model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "PipelineConfig":

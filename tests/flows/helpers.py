@@ -33,6 +33,7 @@ FLOW_TEST_SECTIONS = {
     "tokenize": {"workers": 1, "seq_len": 64},
     "mixture": {"budget_tokens": 20_000},
     "model": {"preset": "tiny"},
+    "train": {"steps": 4, "micro_batch": 2, "warmup_steps": 1, "checkpoint_every": 2, "zero_stage": 0},
 }
 
 
