@@ -1,5 +1,5 @@
 """The DeepSpeed training entry point: `python -m model.train --spec run.json`, started once per rank by
-DeepSpeed's launcher (`deepspeed --num_gpus N -m model.train ...`), torchrun, or directly for one process.
+DeepSpeed's launcher (`deepspeed --num_gpus N --module model.train ...`), torchrun, or directly for one process.
 
 The run spec (JSON, written by the pretraining task from pipeline.yaml and the artifacts) names the model
 size, the local token shards and the mixture's global order, the optimisation settings and where to

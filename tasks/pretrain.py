@@ -65,9 +65,11 @@ def run_spec(model_size: dict[str, int], vocab_size: int, settings: TrainConfig,
 
 def launch_command(settings: TrainConfig, spec_path: Path, port: int) -> list[str]:
     entry = ["-m", "model.train", "--spec", str(spec_path)]
+    deepspeed_entry = ["--module", "model.train", "--spec", str(spec_path)]  # its launcher's spelling of -m
     bin_dir = Path(sys.executable).parent
     if settings.hostfile:
-        return [str(bin_dir / "deepspeed"), "--hostfile", settings.hostfile, "--master_port", str(port), *entry]
+        return [str(bin_dir / "deepspeed"), "--hostfile", settings.hostfile, "--master_port", str(port),
+                *deepspeed_entry]
     launcher = settings.launcher
     if launcher == "auto":
         launcher = "direct" if settings.processes == 1 else "deepspeed"
@@ -77,7 +79,7 @@ def launch_command(settings: TrainConfig, spec_path: Path, port: int) -> list[st
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(settings.processes),
                 "--master_addr", "127.0.0.1", "--master_port", str(port), *entry]
     return [str(bin_dir / "deepspeed"), "--num_gpus", str(settings.processes), "--master_addr", "127.0.0.1",
-            "--master_port", str(port), *entry]
+            "--master_port", str(port), *deepspeed_entry]
 
 
 def _free_port() -> int:

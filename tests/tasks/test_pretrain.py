@@ -81,3 +81,15 @@ def test_plan_and_launchers():
     assert "--num_gpus" in launch_command(TrainConfig(processes=2), spec, 1234)
     assert "torch.distributed.run" in launch_command(TrainConfig(processes=2, launcher="torchrun"), spec, 1234)
     assert "--hostfile" in launch_command(TrainConfig(hostfile="/etc/hosts.ds"), spec, 1234)
+
+
+def test_two_ranks_through_deepspeeds_launcher(mixture):
+    store, tokenizer, mix = mixture
+    settings = TrainConfig(steps=4, micro_batch=1, warmup_steps=1, checkpoint_every=2, zero_stage=2, processes=2,
+                           launcher="deepspeed")
+    spec = pretrain_spec(settings, SIZE, mix, tokenizer)
+    messages: list[str] = []
+    manifest = chain.committed(store, spec) or run_pretrain(settings, SIZE, store, spec, mix, tokenizer,
+                                                            progress=messages.append)
+    assert manifest["counts"]["steps"] == 4 and manifest["summary"]["global_batch_sequences"] == 2
+    assert any("deepspeed --num_gpus 2" in m for m in messages)
