@@ -1,0 +1,108 @@
+"""Chat data for instruction fine-tuning: validating chat JSONL lines, the chat template built on the
+tokenizer's reserved role tokens, and encoding a conversation into ids with a loss mask.
+
+A line is a JSON object with `messages`: a list of {"role": "system" | "user" | "assistant",
+"content": non-empty string}; an optional system message first, then user and assistant turns
+alternating, starting with the user and ending with the assistant. A line that breaks this is
+rejected with a reason (invalid_json, not_an_object, no_messages, bad_message, bad_role,
+empty_content, bad_turn_order, no_assistant_turn) for the quarantine.
+
+The template renders each turn as `<role token>\\n{content}<end token>\\n`, e.g.
+
+    <|system|>\\nYou are terse.<|end|>\\n<|user|>\\nHi<|end|>\\n<|assistant|>\\nHello.<|end|>\\n
+
+Only the assistant turns are trained on: their content tokens and the end token that closes them (so
+the model learns to stop) have loss mask 1, everything else 0. Special tokens split the text, so
+encoding the pieces between them equals encoding the rendered string with the tokenizer (tested), and
+`jinja_template()` renders the same string for `transformers`' `apply_chat_template`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class ChatReject:
+    reason: str
+    detail: str
+
+
+def parse_chat_line(line: str | bytes) -> list[dict] | ChatReject:
+    """The conversation's messages, or why the line cannot be one."""
+    try:
+        item = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return ChatReject("invalid_json", str(exc)[:200])
+    if not isinstance(item, dict):
+        return ChatReject("not_an_object", f"a JSON {type(item).__name__}")
+    messages = item.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return ChatReject("no_messages", "`messages` must be a non-empty list")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            return ChatReject("bad_message", f"message {index} needs a string `content`")
+        if message.get("role") not in ROLES:
+            return ChatReject("bad_role", f"message {index} has role {message.get('role')!r}; allowed: {ROLES}")
+        if not message["content"].strip():
+            return ChatReject("empty_content", f"message {index} ({message['role']}) is empty")
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    expected = ["user", "assistant"] * len(turns)
+    if [m["role"] for m in turns] != expected[:len(turns)]:
+        return ChatReject("bad_turn_order", "after an optional system message, user and assistant must alternate, "
+                                            "starting with the user")
+    if not turns or turns[-1]["role"] != "assistant":
+        return ChatReject("no_assistant_turn", "the conversation must end with an assistant message")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """Renders and encodes conversations with the role tokens of the tokenizer stage (their spellings)."""
+
+    system: str = "<|system|>"
+    user: str = "<|user|>"
+    assistant: str = "<|assistant|>"
+    end: str = "<|end|>"
+
+    def role_token(self, role: str) -> str:
+        return {"system": self.system, "user": self.user, "assistant": self.assistant}[role]
+
+    def render(self, messages: list[dict]) -> str:
+        return "".join(f"{self.role_token(m['role'])}\n{m['content']}{self.end}\n" for m in messages)
+
+    def encode(self, tokenizer, messages: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, loss mask) of the rendered conversation; `tokenizer` is a tokenizers.Tokenizer."""
+        ids: list[int] = []
+        mask: list[int] = []
+        end_id = tokenizer.token_to_id(self.end)
+        for message in messages:
+            trained = message["role"] == "assistant"
+            ids.append(tokenizer.token_to_id(self.role_token(message["role"])))
+            mask.append(0)
+            content = tokenizer.encode("\n" + message["content"], add_special_tokens=False).ids
+            ids += content
+            mask += [int(trained)] * len(content)
+            ids.append(end_id)
+            mask.append(int(trained))
+            newline = tokenizer.encode("\n", add_special_tokens=False).ids
+            ids += newline
+            mask += [0] * len(newline)
+        return np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=np.uint8)
+
+    def jinja_template(self) -> str:
+        """The same rendering as a chat_template for transformers (tokenizer_config.json)."""
+        # Newlines go through expressions: transformers renders with trim_blocks, which drops a newline
+        # written right after a block tag.
+        return ("{% for message in messages %}"
+                f"{{% if message['role'] == 'system' %}}{self.system}"
+                f"{{% elif message['role'] == 'user' %}}{self.user}"
+                f"{{% else %}}{self.assistant}{{% endif %}}"
+                "{{ '\\n' + message['content'] }}" f"{self.end}" "{{ '\\n' }}"
+                "{% endfor %}"
+                f"{{% if add_generation_prompt %}}{self.assistant}{{{{ '\\n' }}}}{{% endif %}}")
