@@ -74,3 +74,21 @@ def test_template_round_trip_and_transformers_render_the_same(tokenizer):
     assert fast.apply_chat_template(CONVERSATION, tokenize=False) == rendered
     prompt = fast.apply_chat_template(CONVERSATION[:2], tokenize=False, add_generation_prompt=True)
     assert prompt == template.render(CONVERSATION[:2]) + "<|assistant|>\n"
+
+
+def test_the_sample_chat_set_is_valid_and_rebuilds_byte_identically(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, SAMPLE
+
+    bundled = SAMPLE / "chat" / "debian_chat.jsonl"
+    lines = bundled.read_text(encoding="utf-8").splitlines()
+    assert len(lines) >= 50
+    for line in lines:
+        messages = parse_chat_line(line)
+        assert not isinstance(messages, ChatReject), (line[:200], messages)
+    rebuilt = tmp_path / "chat.jsonl"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "build_chat_sample.py"), "--out", str(rebuilt)],
+                   check=True, capture_output=True, cwd=REPO)
+    assert rebuilt.read_bytes() == bundled.read_bytes()
