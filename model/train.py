@@ -127,15 +127,19 @@ class Diverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for the rendezvous of the ranks)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def setup_distributed_environment() -> None:
     """Defaults for a run without a launcher (one process), and DeepSpeed's CPU settings."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(name, value)
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
 
 
 def train(spec: dict) -> dict:

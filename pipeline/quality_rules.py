@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .minhash import combine
+
 GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 BULLETS = ("•", "‣", "⁃", "◦", "●", "▪", "-", "*", "·")
 ELLIPSES = ("...", "…")
@@ -53,15 +55,15 @@ def _ids(words: list[str]) -> np.ndarray:
 
 def _gram_keys(ids: np.ndarray, n: int) -> np.ndarray:
     """One integer per word n-gram, equal exactly when the n-grams are: the ids in base 2^k (exact
-    while n * k <= 64 bits), else a 64-bit polynomial hash of them (collisions ~2^-64)."""
-    count = len(ids) - n + 1
+    while n * k <= 64 bits), else the 64-bit polynomial hash of pipeline.minhash (collisions ~2^-64)."""
     bits = max(int(ids.max()).bit_length(), 1) if len(ids) else 1
-    base = np.uint64(1 << bits) if n * bits <= 64 else np.uint64(0x100000001B3)
-    with np.errstate(over="ignore"):
-        keys = ids[:count].copy()
-        for offset in range(1, n):
-            keys *= base
-            keys += ids[offset:offset + count]
+    if n * bits > 64:
+        return combine(ids, n)
+    count = len(ids) - n + 1
+    keys = ids[:count].copy()
+    for offset in range(1, n):
+        keys <<= np.uint64(bits)
+        keys |= ids[offset:offset + count]
     return keys
 
 

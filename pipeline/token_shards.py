@@ -92,18 +92,19 @@ class Packer:
 
 class TokenShardWriter:
     """Writes rows into `<stem>-0000.arrow`, `<stem>-0001.arrow`, ... of at most `max_rows` rows each;
-    `on_closed(path, rows)` runs once a file is complete."""
+    `on_closed(path, rows, tokens, documents)` runs once a file is complete, with its rows, its tokens
+    that are not padding and its documents (end-of-text tokens)."""
 
     def __init__(self, directory: Path, stem: str, schema: pa.Schema, source: str, max_rows: int,
-                 on_closed: Callable[[Path, int], None]):
+                 on_closed: Callable[[Path, int, int, int], None], *, pad_id: int, eos_id: int):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.stem, self.schema, self.source, self.max_rows = stem, schema, source, max_rows
-        self.on_closed = on_closed
+        self.on_closed, self.pad_id, self.eos_id = on_closed, pad_id, eos_id
         self.files = 0
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._path: Path | None = None
-        self._rows = 0
+        self._rows = self._tokens = self._documents = 0
 
     def write(self, tokens: np.ndarray, masks: np.ndarray) -> None:
         start = 0
@@ -112,8 +113,11 @@ class TokenShardWriter:
                 self._path = self.directory / f"{self.stem}-{self.files:04d}.arrow"
                 self._writer = pa.ipc.new_stream(str(self._path), self.schema)
             take = min(len(tokens) - start, self.max_rows - self._rows)
-            self._writer.write_batch(self._batch(tokens[start:start + take], masks[start:start + take]))
+            rows = tokens[start:start + take]
+            self._writer.write_batch(self._batch(rows, masks[start:start + take]))
             self._rows += take
+            self._tokens += int(np.count_nonzero(rows != self.pad_id))
+            self._documents += int(np.count_nonzero(rows == self.eos_id))
             start += take
             if self._rows >= self.max_rows:
                 self._close_file()
@@ -134,8 +138,9 @@ class TokenShardWriter:
             return
         self._writer.close()
         assert self._path is not None
-        self.on_closed(self._path, self._rows)
-        self._writer, self._path, self._rows = None, None, 0
+        self.on_closed(self._path, self._rows, self._tokens, self._documents)
+        self._writer, self._path = None, None
+        self._rows = self._tokens = self._documents = 0
         self.files += 1
 
     def close(self) -> None:

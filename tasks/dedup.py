@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -438,9 +438,3 @@ def dedup_task(ctx: RunContext, langid_results: dict[str, dict]) -> Any:
     spec = dedup_spec(settings, inputs, resolve_against(ctx.store, settings.against),
                       rebuild=ctx.rebuild_token(STAGE))
     return execute_stage(ctx, spec, lambda emit: run_dedup(settings, ctx.store, spec, inputs, emit))
-
-
-def iter_index(store: ObjectStore, manifest: dict, scratch: Path) -> Iterator[pa.Table]:
-    """The index tables of a dedup artifact (for inspection and tests)."""
-    for entry in files_with_role(manifest, "index"):
-        yield pq.read_table(fetch_verified(store, manifest, entry, scratch))

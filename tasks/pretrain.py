@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from model.sizing import chinchilla_tokens, gpt2_parameters
+from model.train import free_port
 from pipeline.artifacts import ArtifactWriter, StageSpec, artifact_prefix, fetch_verified, files_with_role, read_manifest
 from pipeline.config import TrainConfig
 from pipeline.storage import NotFound, ObjectStore, join_key
@@ -80,14 +81,6 @@ def launch_command(settings: TrainConfig, spec_path: Path, port: int) -> list[st
                 "--master_addr", "127.0.0.1", "--master_port", str(port), *entry]
     return [str(bin_dir / "deepspeed"), "--num_gpus", str(settings.processes), "--master_addr", "127.0.0.1",
             "--master_port", str(port), *deepspeed_entry]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def fetch_data(store: ObjectStore, mixture: dict, work: Path) -> dict:
@@ -186,7 +179,7 @@ def run_pretrain(settings: TrainConfig, model_size: dict, store: ObjectStore, sp
         spec_path.write_text(json.dumps(run_spec(model_size, vocab_size, settings, planned["steps"], data, work)))
         env = {**os.environ, "DS_ACCELERATOR": settings.accelerator, "PYTHONPATH": str(REPO),
                "OMP_NUM_THREADS": str(settings.threads_per_process), "PYTHONUNBUFFERED": "1"}
-        command = launch_command(settings, spec_path, _free_port())
+        command = launch_command(settings, spec_path, free_port())
         progress("pretrain: " + " ".join(command))
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, bufsize=1)

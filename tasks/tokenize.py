@@ -26,7 +26,7 @@ import numpy as np
 from pipeline.artifacts import ArtifactWriter, StageSpec, upload_file
 from pipeline.config import TokenizeConfig
 from pipeline.storage import ObjectStore
-from pipeline.token_shards import Packer, TokenShardWriter, read_tokens, sequences, token_dtype, token_schema
+from pipeline.token_shards import Packer, TokenShardWriter, token_dtype, token_schema
 from pipeline.units import ShardUnit, UnitOutput, read_shard, run_shard_stage
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -82,14 +82,12 @@ def tokenize_unit(job: TokenizeJob, unit: ShardUnit) -> dict:
     counts = new_counts()
     with UnitOutput(job.store, job.prefix, unit.key, settings, STAGE) as out:
         def writer(split: str) -> TokenShardWriter:
-            def upload(path: Path, rows: int) -> None:
-                ids = sequences(read_tokens(path))
-                out.files.append(upload_file(
-                    job.store, job.prefix, f"{split}/{path.name}", path, "tokens", split=split, source=job.source,
-                    sequences=rows, tokens=int(np.count_nonzero(ids != job.pad_id)),
-                    documents=int(np.count_nonzero(ids == job.eos_id))))
+            def upload(path: Path, rows: int, tokens: int, documents: int) -> None:
+                out.files.append(upload_file(job.store, job.prefix, f"{split}/{path.name}", path, "tokens",
+                                             split=split, source=job.source, sequences=rows, tokens=tokens,
+                                             documents=documents))
             return TokenShardWriter(out.scratch / split, unit.key, schema, job.source, settings.shard_max_sequences,
-                                    upload)
+                                    upload, pad_id=job.pad_id, eos_id=job.eos_id)
 
         writers = {split: writer(split) for split in SPLITS}
         packers = {split: Packer(settings.seq_len + 1, job.eos_id, job.pad_id, dtype) for split in SPLITS}

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from model.gpt import GPT, GPTConfig
-from model.train import Schedule, deepspeed_config, micro_positions, parameter_groups
+from model.train import Schedule, deepspeed_config, free_port, micro_positions, parameter_groups
 from pipeline.token_shards import TokenShardWriter, token_schema
 from tests.conftest import REPO
 
@@ -31,7 +31,7 @@ def learnable_data(directory: Path, rows: int = 96) -> dict:
     tokens = ((starts[:, None] + steps[:, None] * np.arange(SEQ + 1)) % 62 + 2).astype(np.uint16)
     paths = []
     writer = TokenShardWriter(directory, "s", token_schema(SEQ, np.dtype(np.uint16), False), "toy", 40,
-                              on_closed=lambda path, _rows: paths.append(str(path)))
+                              on_closed=lambda path, *_counts: paths.append(str(path)), pad_id=1, eos_id=0)
     writer.write(tokens, np.ones_like(tokens, dtype=np.uint8))
     writer.close()
     sizes = [40, 40, rows - 80]
@@ -60,17 +60,9 @@ def launch(spec_path: Path, processes: int = 1) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "model.train", "--spec", str(spec_path)]
     if processes > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "model.train",
+                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "model.train",
                    "--spec", str(spec_path)]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def losses(spec_path: Path) -> list[float]:

@@ -52,7 +52,8 @@ def test_loss_mask_follows_the_given_mask():
 def _write(tmp_path, loss_mask: bool):
     schema = token_schema(4, np.dtype(np.uint16), loss_mask)
     closed = []
-    writer = TokenShardWriter(tmp_path, "u", schema, "web", max_rows=3, on_closed=lambda p, r: closed.append((p, r)))
+    writer = TokenShardWriter(tmp_path, "u", schema, "web", max_rows=3, pad_id=PAD, eos_id=EOS,
+                              on_closed=lambda p, r, _tokens, _documents: closed.append((p, r)))
     tokens = np.arange(35, dtype=np.uint16).reshape(7, 5)
     masks = (tokens % 2).astype(np.uint8)
     writer.write(tokens[:2], masks[:2])
