@@ -5,8 +5,16 @@
     per source: filter <───────────────────┘
                   │  └──────────────────────> tokenizer (trained on a sample of every source)
     per source: tokens <───────────────────────────┘
-                  └─────────────────────────> mixture (the global training order)
-                                                    └──> pretrain (DeepSpeed)
+                  ├─────────────────────────> mixture (general sources: the global training order)
+                  │                                 └──> pretrain (DeepSpeed)
+                  └───── domain + replay ─────────────────> cpt (continued pretraining, from pretrain
+                                                              │  or from cpt.init's checkpoint)
+                                               chat JSONL ──> ift (instruction fine-tuning)
+                                                              └──> eval (base vs cpt vs ift; the gate
+                                                                   moves the `current` ref)
+
+cpt, ift and eval run when enabled in pipeline.yaml; with cpt.init naming a checkpoint, mixture and
+pretrain are skipped (the checkpoint is the base).
 
 Parameters:
   config_path  pipeline.yaml to read (relative paths in it resolve against its directory)
@@ -34,8 +42,11 @@ from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.runs import RunRecorder
 from pipeline.storage import open_store
 from tasks.clean import clean_task
+from tasks.cpt import cpt_task
 from tasks.dedup import dedup_task
+from tasks.evaluate import eval_task
 from tasks.filter import filter_task
+from tasks.ift import ift_task
 from tasks.ingest import ingest_task
 from tasks.langid import langid_task
 from tasks.mixture import mixture_task
@@ -48,8 +59,9 @@ FLOW_NAME = "pretrain-pipeline"
 # In DAG order. Per-source stages write `<stage>/<source>`; dedup reads every source's langid artifact
 # and writes one artifact, which every source's filter reads its own documents from.
 SOURCE_STAGES = (("ingest", ingest_task), ("clean", clean_task), ("langid", langid_task))
-STAGES = ("ingest", "clean", "langid", "dedup", "filter", "tokenizer", "tokens", "mixture", "pretrain")
-GLOBAL_STAGES = {"dedup", "tokenizer", "mixture", "pretrain"}
+STAGES = ("ingest", "clean", "langid", "dedup", "filter", "tokenizer", "tokens", "mixture", "pretrain", "cpt", "ift",
+          "eval")
+GLOBAL_STAGES = {"dedup", "tokenizer", "mixture", "pretrain", "cpt", "ift", "eval"}
 
 
 class PipelineFailed(RuntimeError):
@@ -132,10 +144,43 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
         run_per_source(ctx, states, "filter", filter_task, "dedup")
     if run_global(ctx, states, "tokenizer", tokenizer_task, "filter"):
         run_per_source(ctx, states, "tokens", tokenize_task, "filter", "tokenizer")
-    if run_global(ctx, states, "mixture", mixture_task, "tokens") and needed(ctx, "pretrain", None):
+    config = ctx.config
+    external_base = config.cpt.enabled and config.cpt.init != "pretrain"
+    if not external_base and run_global(ctx, states, "mixture", mixture_task, "tokens") and \
+            needed(ctx, "pretrain", None):
         states["pretrain"] = pretrain_task(ctx, states["mixture"].result(), states["tokenizer"].result(),
                                            return_state=True)
+    run_later_phases(ctx, states, external_base)
     return states
+
+
+def run_later_phases(ctx: RunContext, states: dict[str, Any], external_base: bool) -> None:
+    """cpt -> ift -> eval, each when enabled and what it reads completed."""
+    config = ctx.config
+    tokens = {source.name: f"tokens/{source.name}" for source in config.sources}
+
+    def result(name: str) -> dict | None:
+        return states[name].result() if name in states and states[name].is_completed() else None
+
+    if not completed(states, list(tokens.values())):
+        return
+    models = {"pretrain": None if external_base else "pretrain"}
+    if config.cpt.enabled and needed(ctx, "cpt", None) and (external_base or completed(states, ["pretrain"])):
+        states["cpt"] = cpt_task(ctx, result("pretrain"), {s: result(n) for s, n in tokens.items()},
+                                 result("tokenizer"), return_state=True)
+    if config.cpt.enabled:
+        models["cpt"] = "cpt"
+    last = "cpt" if config.cpt.enabled else "pretrain"
+    if config.ift.enabled and needed(ctx, "ift", None) and completed(states, [last]):
+        states["ift"] = ift_task(ctx, result(last), result("tokenizer"), return_state=True)
+    if config.ift.enabled:
+        models["ift"] = "ift"
+    wanted = [name for name in models.values() if name]
+    if config.eval.enabled and needed(ctx, "eval", None) and completed(states, wanted):
+        filters = {source.name: result(f"filter/{source.name}") for source in config.sources}
+        states["eval"] = eval_task(ctx, {phase: result(name) if name else None for phase, name in models.items()},
+                                   {s: result(n) for s, n in tokens.items()}, filters, result("tokenizer"),
+                                   return_state=True)
 
 
 def not_run_after(config: PipelineConfig, failed: str) -> list[str]:

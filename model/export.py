@@ -4,6 +4,8 @@ read safetensors weights back.
 GPT-2's `Conv1D` stores weights as (in, out), the transpose of `nn.Linear`; everything else maps by
 name. The export loads with `transformers.GPT2LMHeadModel.from_pretrained(dir)` and gives our logits
 (a test checks it to 1e-4 in fp32), so lm-evaluation-harness and the rest of the HF ecosystem can use it.
+`load_checkpoint` goes the other way, for continued pretraining from any GPT-2-format checkpoint: an HF
+GPT-2 directory (safetensors, or a .bin read with weights_only=True) or one of our model artifacts.
 """
 
 from __future__ import annotations
@@ -73,4 +75,40 @@ def load_weights(model: GPT, path: Path) -> GPT:
     state = load_file(str(path))
     state["lm_head.weight"] = state["wte.weight"]
     model.load_state_dict(state)
+    return model
+
+
+def load_checkpoint(directory: Path) -> GPT:
+    """Our GPT from a checkpoint directory: ours (model_config.json + model.safetensors) or an HF GPT-2
+    one (config.json + model.safetensors or pytorch_model.bin)."""
+    import json
+
+    directory = Path(directory)
+    if (directory / "model_config.json").is_file():
+        config = GPTConfig(**json.loads((directory / "model_config.json").read_text()))
+        return load_weights(GPT(config), directory / "model.safetensors")
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory}: not a GPT-2 checkpoint (no model_config.json or config.json)")
+    hf = json.loads((directory / "config.json").read_text())
+    if hf.get("model_type") != "gpt2":
+        raise ValueError(f"{directory}: model_type {hf.get('model_type')!r}; only GPT-2-architecture checkpoints load")
+    config = GPTConfig(vocab_size=hf["vocab_size"], n_positions=hf["n_positions"], n_layer=hf["n_layer"],
+                       n_head=hf["n_head"], d_model=hf["n_embd"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+    if (directory / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(directory / "model.safetensors"))
+    elif (directory / "pytorch_model.bin").is_file():
+        state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
+    ours = {}
+    for name, tensor in state.items():
+        name = name.removeprefix("transformer.")
+        if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
+            continue
+        ours[name] = tensor.t() if name.endswith(_CONV1D) else tensor
+    ours["lm_head.weight"] = ours["wte.weight"]
+    model = GPT(config)
+    model.load_state_dict({name: tensor.to(torch.float32) for name, tensor in ours.items()})
     return model

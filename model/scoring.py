@@ -8,8 +8,9 @@ probabilities, and any model (ours, or an HF one) can be plugged in with `torch_
 - perplexity: exp of the mean negative log-likelihood over all predicted tokens of the given rows
   (padding excluded), the same quantity the trainer reports as loss;
 - multiple choice: the log-likelihood of each choice's tokens after the context; `acc` takes the
-  highest, `acc_norm` the highest per character of the choice's text (as the harness does), both
-  compared with the gold index;
+  highest, `acc_norm` the highest per character of the choice's text (as the harness does), and
+  `acc_mutual_info` the highest gain over the choice's likelihood without the context (the harness's
+  acc_mutual_info), each compared with the gold index;
 - last word: the model's greedy continuation of the context must reproduce the target word's tokens
   exactly.
 """
@@ -47,17 +48,27 @@ def continuation_logprob(logprobs: NextTokenLogProbs, context: Sequence[int], co
     return float(picked.sum()), greedy
 
 
-def multiple_choice(logprobs: NextTokenLogProbs, items: Sequence[ChoiceItem]) -> dict:
-    """acc and acc_norm over the items (and the count)."""
-    correct = correct_norm = 0
+def multiple_choice(logprobs: NextTokenLogProbs, items: Sequence[ChoiceItem],
+                    unconditional: Sequence[int] | None = None) -> dict:
+    """acc and acc_norm over the items (and the count); with `unconditional` (a context of its own, e.g.
+    just the end-of-text token) also acc_mutual_info as lm-evaluation-harness: the choice whose
+    log P(choice | context) - log P(choice | unconditional) is highest, which removes the bias towards
+    choices that are likely anywhere."""
+    correct = correct_norm = correct_mutual = 0
     for item in items:
         scores = [continuation_logprob(logprobs, item.context, choice)[0] for choice in item.choices]
         normalised = [score / max(chars, 1) for score, chars in zip(scores, item.choice_chars)]
         correct += int(np.argmax(scores)) == item.gold
         correct_norm += int(np.argmax(normalised)) == item.gold
+        if unconditional is not None:
+            prior = [continuation_logprob(logprobs, unconditional, choice)[0] for choice in item.choices]
+            correct_mutual += int(np.argmax(np.subtract(scores, prior))) == item.gold
     count = len(items)
-    return {"acc": correct / count if count else None, "acc_norm": correct_norm / count if count else None,
-            "items": count}
+    result = {"acc": correct / count if count else None, "acc_norm": correct_norm / count if count else None,
+              "items": count}
+    if unconditional is not None:
+        result["acc_mutual_info"] = correct_mutual / count if count else None
+    return result
 
 
 def last_word_accuracy(logprobs: NextTokenLogProbs, items: Sequence[tuple[list[int], list[int]]]) -> dict:
@@ -74,14 +85,17 @@ def last_word_accuracy(logprobs: NextTokenLogProbs, items: Sequence[tuple[list[i
             "perplexity": math.exp(-total_logprob / total_tokens) if total_tokens else None}
 
 
-def perplexity(logprobs: NextTokenLogProbs, rows: np.ndarray, pad_id: int) -> dict:
-    """exp(mean NLL) over every non-padding target of the rows (each row: ids, predicting ids[1:])."""
+def perplexity(logprobs: NextTokenLogProbs, rows: np.ndarray, pad_id: int, masks: np.ndarray | None = None) -> dict:
+    """exp(mean NLL) over every non-padding target of the rows (each row: ids, predicting ids[1:]); with
+    `masks` (a loss mask per id, as in the token shards) only the targets whose mask is 1 count."""
     nll, tokens = 0.0, 0
-    for row in rows:
+    for index, row in enumerate(rows):
         row = [int(token) for token in row]
         table = logprobs(row[:-1])
         targets = np.asarray(row[1:])
         keep = targets != pad_id
+        if masks is not None:
+            keep &= np.asarray(masks[index][1:]).astype(bool)
         nll -= float(table[np.arange(len(targets)), targets][keep].sum())
         tokens += int(keep.sum())
     return {"perplexity": math.exp(nll / tokens) if tokens else None, "tokens": tokens,

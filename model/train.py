@@ -63,7 +63,8 @@ def parameter_groups(model, weight_decay: float) -> list[dict]:
         seen.add(id(parameter))
         is_embedding = name.startswith(("wte.", "wpe.", "lm_head."))
         (decay if parameter.dim() >= 2 and not is_embedding else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]  # LoRA freezes all but its adapters
 
 
 def deepspeed_config(train: dict, world_size: int) -> dict:
@@ -161,6 +162,15 @@ def train(spec: dict) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     config = GPTConfig(**spec["model"])
     model = GPT(config)
+    if spec.get("init"):  # continued pretraining / fine-tuning: start from these weights (a checkpoint overrides)
+        from .export import load_weights
+
+        load_weights(model, Path(spec["init"]))
+    lora = spec.get("lora")
+    if lora:
+        from .lora import add_lora
+
+        add_lora(model, lora["rank"], lora["alpha"], lora["targets"], lora.get("dropout", 0.0))
     optimizer = torch.optim.AdamW(parameter_groups(model, settings["weight_decay"]), lr=settings["lr"],
                                   betas=tuple(settings["betas"]), eps=settings["eps"])
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
@@ -227,14 +237,15 @@ def train(spec: dict) -> dict:
     summary = {"steps": step, "final_loss": last_loss, "parameters": parameters, "world_size": world,
                "complete": step >= settings["steps"]}
     if rank == 0 and out.get("weights") and summary["complete"]:
-        save_consolidated(engine, model, settings["zero_stage"], checkpoints, Path(out["weights"]))
+        save_consolidated(engine, model, settings["zero_stage"], checkpoints, Path(out["weights"]), bool(lora))
     dist.barrier()
     return summary
 
 
-def save_consolidated(engine, model, zero_stage: int, checkpoints: Path, path: Path) -> None:
-    """fp32 weights of the whole model (gathered from a ZeRO-3 checkpoint) as safetensors."""
+def save_consolidated(engine, model, zero_stage: int, checkpoints: Path, path: Path, lora: bool = False) -> None:
+    """fp32 weights of the whole model (gathered from a ZeRO-3 checkpoint; LoRA adapters merged) as safetensors."""
     from .export import save_weights
+    from .lora import merge_lora
 
     if zero_stage == 3:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -242,9 +253,9 @@ def save_consolidated(engine, model, zero_stage: int, checkpoints: Path, path: P
         state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints))
         state.setdefault("lm_head.weight", state["wte.weight"])
         model.load_state_dict(state)
-        save_weights(model, path)
     else:
-        save_weights(engine.module, path)
+        model = engine.module
+    save_weights(merge_lora(model) if lora else model, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,12 +15,18 @@ Only the assistant turns are trained on: their content tokens and the end token 
 the model learns to stop) have loss mask 1, everything else 0. Special tokens split the text, so
 encoding the pieces between them equals encoding the rendered string with the tokenizer (tested), and
 `jinja_template()` renders the same string for `transformers`' `apply_chat_template`.
+
+`ChatPacker` packs several conversations per training row (each followed by end-of-text), never
+splitting one across rows.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -106,3 +112,64 @@ class ChatTemplate:
                 "{{ '\\n' + message['content'] }}" f"{self.end}" "{{ '\\n' }}"
                 "{% endfor %}"
                 f"{{% if add_generation_prompt %}}{self.assistant}{{{{ '\\n' }}}}{{% endif %}}")
+
+
+def read_lines(path: Path, max_bytes: int) -> Iterator[bytes | None]:
+    """The lines of a JSONL file, plain or zstd-compressed (.zst), without the newline; a line longer
+    than `max_bytes` is skipped in chunks (never held in memory) and yields None."""
+    if path.suffix == ".zst":
+        import zstandard
+
+        with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as reader:
+            yield from _capped_lines(io.BufferedReader(reader), max_bytes)
+    else:
+        with path.open("rb") as handle:
+            yield from _capped_lines(handle, max_bytes)
+
+
+def _capped_lines(handle, max_bytes: int) -> Iterator[bytes | None]:
+    while line := handle.readline(max_bytes + 1):
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+        else:
+            yield line.rstrip(b"\r\n")
+
+
+class ChatPacker:
+    """Packs encoded conversations (each followed by end-of-text) into rows of `width` tokens without
+    splitting one across rows: a conversation that does not fit in the current row starts the next one,
+    and the row is closed with padding (mask 0). Conversations longer than a row are refused upstream."""
+
+    def __init__(self, width: int, eos_id: int, pad_id: int, dtype: np.dtype):
+        self.width, self.eos_id, self.pad_id, self.dtype = width, eos_id, pad_id, dtype
+        self._ids: list[int] = []
+        self._mask: list[int] = []
+        self.rows: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+
+    def fits(self, ids: np.ndarray) -> bool:
+        return len(ids) + 1 <= self.width
+
+    def add(self, ids: np.ndarray, mask: np.ndarray) -> None:
+        if not self.fits(ids):
+            raise ValueError(f"a conversation of {len(ids)} tokens does not fit a row of {self.width}")
+        if len(self._ids) + len(ids) + 1 > self.width:
+            self._close_row()
+        self._ids += [*ids.tolist(), self.eos_id]
+        self._mask += [*mask.tolist(), 0]
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, masks) of all rows, shape (rows, width)."""
+        if self._ids:
+            self._close_row()
+        if not self.rows:
+            return np.zeros((0, self.width), self.dtype), np.zeros((0, self.width), np.uint8)
+        return np.stack(self.rows), np.stack(self.masks)
+
+    def _close_row(self) -> None:
+        padding = self.width - len(self._ids)
+        self.rows.append(np.asarray(self._ids + [self.pad_id] * padding, dtype=self.dtype))
+        self.masks.append(np.asarray(self._mask + [0] * padding, dtype=np.uint8))
+        self._ids, self._mask = [], []

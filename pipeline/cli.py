@@ -111,6 +111,22 @@ def mixture_table(counts: dict) -> list[str]:
     return lines
 
 
+def comparison_table(summary: dict) -> list[str]:
+    """The eval stage's table (metrics x models, then each model's difference from the base) and the gate."""
+    table = summary["table"]
+    columns = [key for key in table[0] if key != "metric"]
+    width = max(len(row["metric"]) for row in table) + 2
+    lines = [f"{'metric':{width}}" + "".join(f"{column:>13}" for column in columns)]
+    for row in table:
+        cells = "".join(f"{row[c]:>13.4g}" if isinstance(row.get(c), (int, float)) else f"{'-':>13}" for c in columns)
+        lines.append(f"{row['metric']:{width}}{cells}")
+    gate = summary["gate"]
+    verdict = "promoted to" if gate["promote"] and gate["enabled"] else "not promoted to"
+    lines.append(f"gate: {gate['candidate_model']} {verdict} `{gate['ref']}` (against "
+                 f"{gate['baseline_model'] or 'nothing'}): {gate['reason']}")
+    return lines
+
+
 def cmd_runs(args) -> int:
     store = _store(args)
     if args.action == "list":
@@ -234,6 +250,17 @@ def cmd_demo(args) -> int:
                   f"steps ({counts['tokens']:,} tokens), final perplexity {counts['final_perplexity']:.1f}")
             print(f"loss curve:  {pretrain['uri']}/loss_curve.png")
             print(f"HF model:    {pretrain['uri']}/hf/  (GPT2LMHeadModel.from_pretrained after download)")
+        for phase, title in (("cpt", "continued pretraining"), ("ift", "instruction fine-tuning")):
+            stage = run["stages"].get(phase, {})
+            if stage.get("version"):
+                counts = stage["counts"]
+                print(f"{title}: loss {counts['first_loss']:.3f} -> {counts['last_loss']:.3f} over "
+                      f"{counts['steps']} steps; HF model: {stage['uri']}/hf/")
+        evaluation = run["stages"].get("eval", {})
+        if evaluation.get("version"):
+            manifest = read_manifest(store, "eval", evaluation["version"])
+            print(f"\nevaluation ({evaluation['uri']}/results.json):")
+            print("\n".join(comparison_table(manifest["summary"])))
         mixture = run["stages"].get("mixture", {}).get("counts", {})
         if mixture.get("sources"):
             print("\n" + "\n".join(mixture_table(mixture)))

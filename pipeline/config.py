@@ -77,6 +77,11 @@ class _SourceBase(Section):
         None, description="S3 endpoint for an s3:// location on another server than storage's",
         json_schema_extra=UNVERSIONED,
     )
+    # What the data is for does not change how it is processed, only which training phase reads it.
+    role: Literal["general", "domain"] = Field(
+        "general", json_schema_extra=UNVERSIONED,
+        description="general: pretraining's mixture (and CPT's replay); domain: continued pretraining",
+    )
 
 
 class WarcSource(_SourceBase):
@@ -128,6 +133,16 @@ class IngestConfig(DataStageConfig):
         64, ge=1, le=65536, description="small files (HTML folders, JSONL) are grouped into work units of this size"
     )
     max_record_mb: float = Field(10.0, gt=0, le=2048, description="larger records are quarantined as oversize")
+    max_decompressed_mb: float = Field(
+        65536.0, gt=0, le=16 * 1024 * 1024,
+        description="a compressed JSONL file (.gz, .zst) is decoded up to this many MB; what follows is not read "
+                    "and is quarantined as decompression_limit (the records before it are kept)",
+    )
+    max_compression_ratio: float = Field(
+        100.0, ge=1, le=1_000_000,
+        description="a compressed JSONL file is also decoded only up to this many times its compressed size (same "
+                    "reason): text compresses 3-10x, a decompression bomb ~1,000x (gzip) to ~32,000x (zstd)",
+    )
     html_content_types: list[str] = Field(
         ["text/html", "application/xhtml+xml"], min_length=1, description="WARC payload types kept as documents"
     )
@@ -500,6 +515,97 @@ class TrainConfig(Section):
                                  description="local space for token shards and checkpoints; default: system temp")
 
 
+class PhaseTrainingConfig(Section):
+    """The optimisation of a training phase after pretraining; everything else comes from `train:`."""
+
+    lr: float = Field(3e-4, gt=0, description="peak learning rate, re-warmed from zero")
+    min_lr: float = Field(3e-5, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    steps: int | Literal["auto"] = Field("auto", description="optimizer steps; auto: one pass over the phase's order")
+    micro_batch: int | None = Field(None, ge=1, description="default: train.micro_batch")
+
+    def train_settings(self, base: "TrainConfig") -> "TrainConfig":
+        update = {"lr": self.lr, "min_lr": self.min_lr, "warmup_steps": self.warmup_steps, "steps": self.steps}
+        if self.micro_batch is not None:
+            update["micro_batch"] = self.micro_batch
+        return base.model_copy(update=update)
+
+
+class CptConfig(PhaseTrainingConfig):
+    """Continued pretraining on the domain sources, with replay of general data."""
+
+    enabled: bool = Field(False, json_schema_extra=UNVERSIONED)
+    init: str = Field("pretrain", description="pretrain: the pretrain artifact; or a GPT-2-format checkpoint "
+                                              "directory (HF config.json + model.safetensors), relative to pipeline.yaml")
+    replay_fraction: float = Field(0.2, ge=0, lt=1, description="share of CPT sequences drawn from general sources")
+    budget_tokens: int = Field(1_000_000, ge=1, description="training tokens of the phase (domain + replay)")
+    max_epochs: float = Field(4.0, gt=0, description="cap on the repeats of any source")
+    seed: int = Field(0, ge=0, description="seed of the sampling and of the order")
+
+
+class LoraConfig(Section):
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(16.0, gt=0, description="the update is scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[Literal["c_attn", "c_proj", "c_fc"]] = Field(
+        ["c_attn", "c_proj", "c_fc"], min_length=1,
+        description="linear layers that get adapters (c_proj: the attention's and the MLP's output projections)")
+
+
+class IftConfig(PhaseTrainingConfig):
+    """Instruction fine-tuning on chat JSONL (see README: chat format)."""
+
+    enabled: bool = Field(False, json_schema_extra=UNVERSIONED)
+    chat_files: list[str] = Field([], description="JSONL or .jsonl.zst files (or glob patterns) of conversations; "
+                                                  "relative to pipeline.yaml's directory")
+    val_fraction: float = Field(0.1, ge=0, lt=0.5, description="conversations held out, by a hash of their content")
+    max_line_mb: float = Field(4.0, gt=0, description="longer lines are quarantined as line_too_long unread")
+    epochs: float = Field(3.0, gt=0, description="passes over the training conversations (steps: auto)")
+    method: Literal["full", "lora"] = "full"
+    lora: LoraConfig = LoraConfig()
+    lr: float = Field(1e-4, gt=0)
+    min_lr: float = Field(1e-5, ge=0)
+    seed: int = Field(0, ge=0)
+
+
+class GeneratedTasksConfig(Section):
+    """Tasks generated from held-out documents (the tokenize stage's validation split)."""
+
+    languages: list[str] = Field(["en"], description="document languages used (the tasks split on spaces)")
+    cloze_items: int = Field(500, ge=0, description="0 disables the cloze task")
+    cloze_choices: int = Field(4, ge=2, le=16, description="the true continuation and distractors from other documents")
+    cloze_context_words: int = Field(40, ge=1)
+    cloze_continuation_words: int = Field(4, ge=1)
+    cloze_stride_words: int = Field(8, ge=1, description="words between the positions of a document's items")
+    last_word_items: int = Field(200, ge=0, description="0 disables the LAMBADA-style task")
+    last_word_context_words: int = Field(60, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class GateConfig(Section):
+    """Which model becomes the `ref`: the candidate must lower domain perplexity, and may raise general
+    perplexity by at most `general_tolerance` (relative), against the model the ref points at (or the
+    pretrained base if the ref is unset)."""
+
+    enabled: bool = Field(True)
+    ref: str = Field("current", pattern=r"^[A-Za-z0-9._\-/]+$")
+    general_tolerance: float = Field(0.05, ge=0, description="allowed relative rise of general perplexity")
+
+
+class EvalConfig(Section):
+    """Benchmark evaluation of the base, CPT and IFT models, and the promotion gate."""
+
+    enabled: bool = Field(True, json_schema_extra=UNVERSIONED)
+    max_sequences_per_source: int = Field(256, ge=1, description="held-out sequences scored per source")
+    multiple_choice: list[str] = Field(
+        [], description="lm-evaluation-harness-style JSONL files (or globs): context, choices, gold per line")
+    context_field: str = "context"
+    choices_field: str = "choices"
+    gold_field: str = "gold"
+    generated: GeneratedTasksConfig = GeneratedTasksConfig()
+    gate: GateConfig = GateConfig()
+
+
 class PipelineConfig(Section):
     storage: StorageConfig = StorageConfig()
     sources: list[Source] = Field(min_length=1)
@@ -514,6 +620,9 @@ class PipelineConfig(Section):
     mixture: MixtureConfig = MixtureConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    cpt: CptConfig = CptConfig()
+    ift: IftConfig = IftConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "PipelineConfig":
@@ -536,6 +645,27 @@ class PipelineConfig(Section):
             raise ValueError(f"tokenize.seq_len {self.tokenize.seq_len} exceeds the model's n_positions "
                              f"{sizes['n_positions']}")
         return self
+
+    @model_validator(mode="after")
+    def _phases_have_data(self) -> "PipelineConfig":
+        general = [source.name for source in self.sources if source.role == "general"]
+        if not general:
+            raise ValueError("sources: at least one source needs role: general (pretraining reads those)")
+        domain_weighted = sorted(set(self.mixture.weights) - set(general))
+        if domain_weighted:
+            raise ValueError(f"mixture.weights: {domain_weighted} have role: domain; pretraining's mixture reads "
+                             f"the general sources {general} (domain sources are read by cpt)")
+        if self.cpt.enabled and not self.domain_sources():
+            raise ValueError("cpt.enabled: continued pretraining needs at least one source with role: domain")
+        if self.ift.enabled and not self.ift.chat_files:
+            raise ValueError("ift.chat_files: instruction fine-tuning needs at least one chat JSONL file or pattern")
+        return self
+
+    def domain_sources(self) -> list[str]:
+        return [source.name for source in self.sources if source.role == "domain"]
+
+    def general_sources(self) -> list[str]:
+        return [source.name for source in self.sources if source.role == "general"]
 
     def source(self, name: str) -> WarcSource | JsonlSource | HtmlSource:
         for source in self.sources:

@@ -88,14 +88,14 @@ def item_text(item: dict, fields: list[str]) -> str:
     return "\n".join(parts)
 
 
-def eval_files(patterns: list[str], base_dir: Path) -> list[Path]:
+def eval_files(patterns: list[str], base_dir: Path, key: str = "filter.decontamination.eval_sets") -> list[Path]:
     """The files the patterns name (relative to base_dir), sorted; a pattern matching nothing is an error."""
     files: list[Path] = []
     for pattern in patterns:
         full = pattern if Path(pattern).is_absolute() else str(base_dir / pattern)
         matched = sorted(Path(path) for path in glob.glob(full))
         if not matched:
-            raise FileNotFoundError(f"filter.decontamination.eval_sets: {pattern!r} matches no file (in {base_dir})")
+            raise FileNotFoundError(f"{key}: {pattern!r} matches no file (in {base_dir})")
         files += matched
     return files
 

@@ -6,7 +6,10 @@ Each reader yields, in file order, one of:
   Skip    - a record that is not a document by nature (WARC request/metadata records, blank lines),
             counted by reason but not stored.
 A broken file (truncated gzip, corrupt bytes) never raises: the records before the damage are kept
-and the damage itself is a Reject. Memory is bounded by the largest accepted record.
+and the damage itself is a Reject. Memory is bounded by the record cap (max_record_bytes): an oversize
+record is measured and skipped without being held past the cap, and a compressed JSONL file is decoded
+a bounded chunk at a time and only up to a cap on its decoded size (Limits.decoded_cap), so a
+decompression bomb costs neither memory nor much time.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,9 @@ BINARY_MAGIC = (
     b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"%PDF", b"PK\x03\x04", b"\x1f\x8b", b"\x28\xb5\x2f\xfd",
     b"RIFF", b"\x00\x00\x01\x00", b"OggS", b"ID3", b"wOFF", b"wOF2", b"\x7fELF",
 )
-TEXT_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+UTF8_BOM = b"\xef\xbb\xbf"
+TEXT_BOMS = (UTF8_BOM, b"\xff\xfe", b"\xfe\xff")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -59,6 +65,13 @@ class Limits:
     max_record_bytes: int
     html_content_types: tuple[str, ...]
     sample_bytes: int
+    # A compressed JSONL file is decoded up to min(max_decompressed_bytes, max_compression_ratio x its
+    # compressed size); the rest of it is quarantined as decompression_limit.
+    max_decompressed_bytes: int = 64 << 30
+    max_compression_ratio: float = 100.0
+
+    def decoded_cap(self, compressed_size: int) -> int:
+        return min(self.max_decompressed_bytes, int(self.max_compression_ratio * compressed_size))
 
 
 # Control bytes that do not occur in text (tab, newline, form feed, carriage return and escape do).
@@ -113,7 +126,11 @@ def read_warc(path: Path, limits: Limits) -> Iterator[Item]:
                 break
             except Exception as exc:  # a corrupt stream must not end the run: keep what came before
                 yield from held
-                yield Reject(f"offset={last_start}", "corrupt_file", f"{type(exc).__name__}: {exc}", size)
+                if seen == 0 and not _starts_like_warc(path):
+                    yield Reject("file", "not_a_warc", f"the file does not start with a WARC record "
+                                 f"({type(exc).__name__}: {exc})", size, _head(path, limits.sample_bytes))
+                else:
+                    yield Reject(f"offset={last_start}", "corrupt_file", f"{type(exc).__name__}: {exc}", size)
                 return
             yield from held
             seen += 1
@@ -176,6 +193,22 @@ def _clean_charset(value: str | None) -> str | None:
     return cleaned or None
 
 
+def _head(path: Path, count: int) -> bytes:
+    """The first `count` bytes of the file, decompressed if it is gzip (as much as decodes)."""
+    with open(path, "rb") as handle:
+        data = handle.read(64 * 1024)
+    if not data.startswith(b"\x1f\x8b") or count <= 0:  # (a max_length of 0 would mean no limit)
+        return data[: max(count, 0)]
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, count)
+    except zlib.error:
+        return data[:count]
+
+
+def _starts_like_warc(path: Path) -> bool:
+    return _head(path, 16).startswith(b"WARC/")
+
+
 def _tail_damage(path: Path, last_start: int, size: int) -> tuple[str | None, bool]:
     """(why the file ends badly after the last record's start, or None; whether that record is whole).
 
@@ -207,12 +240,13 @@ def _tail_damage(path: Path, last_start: int, size: int) -> tuple[str | None, bo
 
 
 def _gzip_tail_damage(handle) -> tuple[str | None, bool]:
+    # Output is bounded per call (max_length), so a member that inflates ~1000x costs no memory.
     decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
     members = 0
     data = handle.read(1 << 20)
-    while data:
+    while True:
         try:
-            decoder.decompress(data)
+            out = decoder.decompress(data, 1 << 20)
         except zlib.error as exc:
             return f"gzip data error: {exc}", members > 0
         if decoder.eof:
@@ -222,8 +256,11 @@ def _gzip_tail_damage(handle) -> tuple[str | None, bool]:
                 return None, True
             decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
             continue
-        data = handle.read(1 << 20)
-    return "the last gzip member is truncated", members > 0
+        data = decoder.unconsumed_tail
+        if not data and len(out) < 1 << 20:  # input used up and no output held back: read on
+            data = handle.read(1 << 20)
+            if not data:
+                return "the last gzip member is truncated", members > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,41 +271,119 @@ class TruncatedStream(EOFError):
     """The compressed stream ended inside a frame or member."""
 
 
-class _DecodingReader(io.RawIOBase):
-    """Decompresses gzip or zstd (multi-member/multi-frame) incrementally.
+class CorruptStream(ValueError):
+    """The compressed stream holds bytes its decoder cannot decode."""
 
-    Unlike GzipFile, it hands out every byte decoded before a truncation and raises
-    TruncatedStream only afterwards; unlike zstandard's stream_reader, it notices a cut frame.
+
+class DecompressionLimit(Exception):
+    """The decoded stream goes on past its cap (a decompression bomb, or a cap set too low)."""
+
+    def __init__(self, cap: int):
+        super().__init__(f"the decoded data goes on past the cap of {cap:,} bytes")
+        self.cap = cap
+
+
+class _DecodingReader(io.RawIOBase):
+    """Decompresses gzip or zstd (multi-member/multi-frame) incrementally, in bounded chunks.
+
+    Unlike GzipFile, it hands out every byte decoded before a truncation or corruption and raises
+    TruncatedStream / CorruptStream only afterwards; unlike zstandard's stream_reader, it notices a
+    cut frame. Memory stays bounded whatever the compression ratio: zlib output is capped per call,
+    and zstd input is fed in pieces of FEED bytes (a zstd block decodes to at most 128 KiB and takes
+    at least 4 bytes, so a piece yields at most 8 MiB). At most `cap` bytes are handed out: a stream
+    that goes on past them raises DecompressionLimit once those are read.
     """
 
-    def __init__(self, raw, new_decoder):
+    CHUNK = 1 << 20  # decoded bytes gathered per refill (plus at most one piece's output)
+    FEED = 256  # zstd input bytes per decompress() call
+    READ = 1 << 16  # compressed bytes read from the file at a time
+
+    def __init__(self, raw, kind: str, cap: int | None = None):
         self._raw = raw
-        self._new_decoder = new_decoder
-        self._decoder = new_decoder()
+        self._kind = kind
+        self._decoder = self._new_decoder()
         self._in_frame = False
-        self._pending = b""
+        self._input = memoryview(b"")
+        self._more_output = False  # zlib stopped at max_length: call again before reading more input
+        self._error: Exception | None = None  # raised once what was decoded before it is handed out
+        self._pending = memoryview(b"")
+        self._pos = 0
+        self._cap = cap
+        self._delivered = 0
+        self._over_cap = False
+
+    def _new_decoder(self):
+        if self._kind == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompressobj()
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
-        while not self._pending:
-            data = self._raw.read(1 << 20)
-            if not data:
-                if self._in_frame:
-                    raise TruncatedStream("the compressed stream ends in the middle of a frame")
-                return 0
-            while data:
-                self._in_frame = True
-                self._pending += self._decoder.decompress(data)
-                if not self._decoder.eof:
+    def _step(self) -> bytes:
+        """Feed the decoder some input; return what it decodes."""
+        decoder = self._decoder
+        if self._kind == "zstd":
+            piece, self._input = self._input[: self.FEED], self._input[self.FEED:]
+            out = decoder.decompress(piece)
+            if decoder.eof:
+                self._input = memoryview(bytes(decoder.unused_data) + bytes(self._input))
+        else:
+            out = decoder.decompress(self._input, self.CHUNK)
+            self._more_output = len(out) == self.CHUNK
+            self._input = memoryview(decoder.unused_data if decoder.eof else decoder.unconsumed_tail)
+        if decoder.eof:
+            self._decoder = self._new_decoder()
+            self._in_frame = False
+            self._more_output = False
+        return out
+
+    def _decode(self) -> bytes:
+        """The next decoded bytes, about CHUNK of them; b"" at the clean end of the stream."""
+        if self._error is not None:
+            raise self._error
+        chunks: list[bytes] = []
+        total = 0
+        while total < self.CHUNK:
+            if not self._input and not self._more_output:
+                data = self._raw.read(self.READ)
+                if not data:
+                    if self._in_frame:
+                        self._error = TruncatedStream("the compressed stream ends in the middle of a frame")
                     break
-                data = self._decoder.unused_data
-                self._decoder = self._new_decoder()
-                self._in_frame = False
-        count = min(len(buffer), len(self._pending))
-        buffer[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
+                self._input = memoryview(data)
+            self._in_frame = True
+            try:
+                out = self._step()
+            except Exception as exc:  # zlib.error, zstandard.ZstdError
+                self._error = CorruptStream(f"{type(exc).__name__}: {exc}")
+                break
+            if out:
+                chunks.append(out)
+                total += len(out)
+        if not chunks and self._error is not None:
+            raise self._error
+        return b"".join(chunks)
+
+    def readinto(self, buffer) -> int:
+        if self._pos >= len(self._pending):
+            if self._over_cap:
+                raise DecompressionLimit(self._cap or 0)
+            data = self._decode()
+            if not data:
+                return 0
+            if self._cap is not None and self._delivered + len(data) > self._cap:
+                data = data[: self._cap - self._delivered]
+                self._over_cap = True
+                if not data:
+                    raise DecompressionLimit(self._cap)
+            self._pending, self._pos = memoryview(data), 0
+        count = min(len(buffer), len(self._pending) - self._pos)
+        buffer[:count] = self._pending[self._pos: self._pos + count]
+        self._pos += count
+        self._delivered += count
         return count
 
     def close(self) -> None:
@@ -276,49 +391,67 @@ class _DecodingReader(io.RawIOBase):
         super().close()
 
 
-def open_text_stream(path: Path) -> io.BufferedIOBase:
-    """A binary stream of the file's decompressed bytes (.zst, .gz or plain)."""
+def compression_of(path: Path) -> str | None:
     name = path.name.lower()
-    raw = open(path, "rb")
-    if name.endswith(".zst"):
-        import zstandard
+    return "zstd" if name.endswith(".zst") else "gzip" if name.endswith(".gz") else None
 
-        decompressor = zstandard.ZstdDecompressor()
-        return io.BufferedReader(_DecodingReader(raw, decompressor.decompressobj), buffer_size=1 << 20)
-    if name.endswith(".gz"):
-        return io.BufferedReader(
-            _DecodingReader(raw, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)), buffer_size=1 << 20
-        )
-    return io.BufferedReader(raw, buffer_size=1 << 20)  # type: ignore[arg-type]
+
+def open_text_stream(path: Path, cap: int | None = None) -> io.BufferedIOBase:
+    """A binary stream of the file's decompressed bytes (.zst, .gz or plain).
+
+    With a cap, a compressed file's stream raises DecompressionLimit after `cap` decoded bytes if
+    there are more; a plain file is not capped (its size is known).
+    """
+    raw = open(path, "rb")
+    kind = compression_of(path)
+    if kind is None:
+        return io.BufferedReader(raw, buffer_size=1 << 20)  # type: ignore[arg-type]
+    return io.BufferedReader(_DecodingReader(raw, kind, cap), buffer_size=1 << 20)
 
 
 def read_jsonl(path: Path, limits: Limits, *, text_field: str, id_field: str | None, url_field: str | None,
                date_field: str | None, content_type: str) -> Iterator[Item]:
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         yield Reject("file", "empty_file", "the file is empty", 0)
         return
+    compressed = compression_of(path) is not None
+    cap = limits.decoded_cap(size) if compressed else None
     lineno = 0
-    with open_text_stream(path) as stream:
+    with open_text_stream(path, cap) as stream:
         while True:
             try:
                 line = stream.readline(limits.max_record_bytes + 1)
-                if len(line) > limits.max_record_bytes and not line.endswith(b"\n"):
-                    lineno += 1
-                    skipped = _skip_rest_of_line(stream)
-                    yield _reject(f"line={lineno}", "oversize_record", "the line exceeds the cap", line, limits,
-                                  size=len(line) + skipped)
-                    continue
-            except Exception as exc:  # truncated or corrupt compressed stream
-                yield Reject(f"line={lineno + 1}", "truncated_file", f"{type(exc).__name__}: {exc}", 0)
+                if lineno == 0 and line.startswith(BINARY_MAGIC):
+                    yield _reject("file", "not_jsonl", f"the {'decoded ' if compressed else ''}file starts with "
+                                  f"{line[:8]!r}: binary data, not JSON lines", line, limits, size=size)
+                    return
+                if lineno == 0 and line.startswith(UTF8_BOM):
+                    line = line[len(UTF8_BOM):]
+                oversize = len(line) > limits.max_record_bytes and not line.endswith(b"\n")
+                skipped = _skip_rest_of_line(stream) if oversize else 0
+            except DecompressionLimit as exc:
+                yield Reject(f"line={lineno + 1}", "decompression_limit",
+                             f"{exc}: the rest of the file is not read (ingest.max_decompressed_mb / "
+                             f"ingest.max_compression_ratio; the file is {size:,} bytes compressed)", exc.cap)
+                return
+            except TruncatedStream as exc:
+                yield Reject(f"line={lineno + 1}", "truncated_file", str(exc), size)
+                return
+            except Exception as exc:  # a corrupt compressed stream (or an unreadable file)
+                yield Reject(f"line={lineno + 1}", "corrupt_file", f"{type(exc).__name__}: {exc}", size)
                 return
             if not line:
                 break
             lineno += 1
-            if not line.strip():
+            if oversize:
+                yield _reject(f"line={lineno}", "oversize_record", "the line exceeds the cap", line, limits,
+                              size=len(line) + skipped)
+            elif not line.strip():
                 yield Skip("blank_line")
-                continue
-            yield _jsonl_record(line, f"line={lineno}", limits, text_field, id_field, url_field, date_field,
-                                content_type)
+            else:
+                yield _jsonl_record(line, f"line={lineno}", limits, text_field, id_field, url_field, date_field,
+                                    content_type)
     if lineno == 0:
         yield Reject("file", "empty_file", "the file has no lines", 0)
 
@@ -344,12 +477,18 @@ def _jsonl_record(line: bytes, locator: str, limits: Limits, text_field: str, id
         return _reject(locator, "invalid_json", str(exc), line, limits)
     if not isinstance(obj, dict):
         return _reject(locator, "not_an_object", f"a JSON {type(obj).__name__}, not an object", line, limits)
-    text = obj.get(text_field)
+    if text_field not in obj:
+        return _reject(locator, "missing_text_field", f"no field {text_field!r}", line, limits)
+    text = obj[text_field]
     if not isinstance(text, str):
-        return _reject(locator, "missing_text_field", f"no string field {text_field!r}", line, limits)
+        return _reject(locator, "text_not_a_string", f"field {text_field!r} is a JSON "
+                       f"{'null' if text is None else type(text).__name__}, not a string", line, limits)
     if not text.strip():
         return _reject(locator, "empty_text", f"field {text_field!r} is empty", line, limits)
-    content = text.encode("utf-8", errors="surrogatepass")
+    try:
+        content = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape (\ud800): not a character, becomes U+FFFD
+        content = _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
     url = obj.get(url_field) if url_field else None
     native_id = obj.get(id_field) if id_field else None
     return RawDoc(

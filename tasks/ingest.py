@@ -34,7 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from .stage import RunContext, execute_stage
 
 STAGE = "ingest"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: decompression caps, not_jsonl, text_not_a_string, BOM
 MB = 1024 * 1024
 
 SourceConfig = WarcSource | JsonlSource | HtmlSource
@@ -130,7 +130,8 @@ def ingest_unit(job: IngestJob, unit: Unit) -> dict:
     """Read a unit's files, write its document and quarantine shards, upload them; return its record."""
     settings = job.settings
     limits = Limits(int(settings.max_record_mb * MB), tuple(settings.html_content_types),
-                    settings.quarantine_sample_bytes)
+                    settings.quarantine_sample_bytes, int(settings.max_decompressed_mb * MB),
+                    settings.max_compression_ratio)
     counts = new_counts()
     with UnitOutput(job.store, job.prefix, unit.key, settings, STAGE) as out:
         documents = out.writer("data", DOCUMENT_SCHEMA, "documents", "content",

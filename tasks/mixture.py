@@ -1,5 +1,5 @@
 """Mixture stage: how many training sequences come from each source, and the exact global order the
-trainer reads (`mixture`, one artifact over every `tokens/<source>`).
+trainer reads (`mixture`, one artifact over the `tokens/<source>` of every source with role general).
 
 1. Weights: `mixture.weights` per source (GPT-3 Table 2.2 style), or with `method: temperature` a
    weight proportional to the source's size (train tokens) to the power `alpha`.
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pyarrow as pa
 
 from model.sizing import chinchilla_tokens, gpt2_parameters
 from pipeline.artifacts import ArtifactWriter, StageSpec, files_with_role
@@ -39,10 +38,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from .stage import RunContext, execute_stage, upstream_manifest
+from .training import write_order
 
 STAGE = "mixture"
 CODE_VERSION = "1"
-ORDER_SCHEMA = pa.schema([pa.field("shard", pa.uint32(), nullable=False), pa.field("row", pa.uint32(), nullable=False)])
 
 
 def mixture_weights(settings: MixtureConfig, tokens: dict[str, int]) -> dict[str, float]:
@@ -175,10 +174,7 @@ def run_mixture(settings: MixtureConfig, store: ObjectStore, spec: StageSpec, in
                  f"{row['epochs']:.2f} epochs{'  (capped)' if row['capped'] else ''}")
     writer = ArtifactWriter(store, spec)
     with tempfile.TemporaryDirectory(prefix="mixture-") as scratch:
-        path = Path(scratch) / "order.arrow"
-        with pa.ipc.new_file(str(path), ORDER_SCHEMA) as out:
-            out.write_table(pa.table({"shard": order[:, 0].astype(np.uint32), "row": order[:, 1].astype(np.uint32)},
-                                     schema=ORDER_SCHEMA))
+        path = write_order(order, Path(scratch) / "order.arrow")
         files = [writer.put_file("order.arrow", path, "order", rows=len(order))]
     counts = {"sequences": int(len(order)), "tokens": int(len(order)) * seq_len, "shortfall_sequences": shortfall,
               "sources": {row["source"]: {k: v for k, v in row.items() if k != "source"} for row in table}}
@@ -193,7 +189,8 @@ def run_mixture(settings: MixtureConfig, store: ObjectStore, spec: StageSpec, in
 @task(name="mixture", task_run_name="mixture", cache_policy=NO_CACHE, persist_result=False)
 def mixture_task(ctx: RunContext, tokens_results: dict[str, dict]) -> Any:
     """Resolve the version from every tokens artifact, the model size and the config; skip or build."""
-    inputs = {source: upstream_manifest(ctx, result) for source, result in tokens_results.items()}
+    general = ctx.config.general_sources()  # domain sources are read by continued pretraining (cpt)
+    inputs = {source: upstream_manifest(ctx, result) for source, result in tokens_results.items() if source in general}
     settings = ctx.config.mixture
     model_size = ctx.config.model.size()
     spec = mixture_spec(settings, inputs, model_size, rebuild=ctx.rebuild_token(STAGE))

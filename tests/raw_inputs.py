@@ -26,7 +26,7 @@ PNG = (
 class Page:
     url: str
     body: bytes
-    content_type: str = "text/html; charset=utf-8"
+    content_type: str | None = "text/html; charset=utf-8"  # None: no Content-Type header
     status: str = "200 OK"
     date: str = WARC_DATE
     extra_headers: list[tuple[str, str]] = field(default_factory=list)
@@ -57,8 +57,8 @@ def write_warc(path: Path, pages: list[Page], *, gzip: bool = True, with_request
                 )
                 writer.write_record(request)
             offsets.append(handle.tell())
-            headers = [("Content-Type", page.content_type), ("Content-Length", str(len(page.body))),
-                       *page.extra_headers]
+            headers = [("Content-Type", page.content_type)] if page.content_type is not None else []
+            headers += [("Content-Length", str(len(page.body))), *page.extra_headers]
             response = writer.create_warc_record(
                 page.url, "response", payload=io.BytesIO(page.body),
                 http_headers=StatusAndHeaders(page.status, headers, protocol="HTTP/1.1"),

@@ -46,7 +46,9 @@ def _store(stack, bucket: str) -> S3Store:
 
 
 # The sample as the demo runs it, with a few training steps instead of the demo's ~600.
-QUICK_TRAINING = {"train.steps": 4, "train.checkpoint_every": 2, "train.warmup_steps": 1}
+QUICK_TRAINING = {"train.steps": 4, "train.checkpoint_every": 2, "train.warmup_steps": 1, "cpt.steps": 2,
+                  "cpt.warmup_steps": 1, "ift.steps": 2, "ift.warmup_steps": 1, "eval.max_sequences_per_source": 8,
+                  "eval.generated.cloze_items": 10, "eval.generated.last_word_items": 10}
 
 
 def _run_deployment(stack, overrides: dict) -> tuple[subprocess.CompletedProcess, str]:
@@ -70,7 +72,8 @@ def test_deployment_run_completes_and_writes_artifacts(stack):
     for name, stage in record["stages"].items():
         counts = stage["counts"]
         assert stage["status"] == "executed"
-        assert counts.get("documents", counts.get("sequences", counts.get("vocab_size", counts.get("steps")))) > 0, name
+        assert counts.get("documents", counts.get("sequences", counts.get("vocab_size", counts.get(
+            "steps", counts.get("models"))))) > 0, name
         assert store.exists(stage["uri"].split(f"s3://{bucket}/demo/", 1)[1] + "/manifest.json")
 
 
@@ -85,7 +88,7 @@ def test_retry_of_a_failed_run_reexecutes_only_the_failed_stage(stack, tmp_path)
     assert first["status"] == "failed" and first["stages"]["ingest/late"]["status"] == "failed"
     # dedup reads every source: it and the filters wait for the late one; the other chains ran
     not_run = {name for name, stage in first["stages"].items() if stage["status"] == "not_run"}
-    assert not_run == {"clean/late", "langid/late", "dedup", "tokenizer", "mixture", "pretrain",
+    assert not_run == {"clean/late", "langid/late", "dedup", "tokenizer", "mixture", "pretrain", "cpt", "ift", "eval",
                        *(f"{stage}/{s['name']}" for stage in ("filter", "tokens") for s in sources)}
     built = {name: stage["version"] for name, stage in first["stages"].items()
              if not name.endswith("/late") and name not in not_run}

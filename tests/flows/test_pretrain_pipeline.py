@@ -21,7 +21,7 @@ from pipeline.runs import read_run
 from pipeline.storage import S3Store
 from tasks.ingest import ingest_spec
 from tests.conftest import REPO
-from tests.flows.helpers import write_config, write_pages
+from tests.flows.helpers import LATER_PHASES, write_config, write_pages
 from tests.raw_inputs import PNG, Page, write_jsonl, write_warc
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -58,9 +58,14 @@ def _task_state_names(flow_run_id) -> dict[str, str]:
 
 
 def test_flow_builds_each_source_then_skips_them_as_cached(tmp_path, seaweed, bucket, inputs):
+    """The whole DAG, continued pretraining (on a domain source), IFT and eval included."""
     from flows.pretrain_pipeline import pretrain_pipeline
 
-    config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=_sources(inputs))
+    write_pages(inputs / "manual" / "m.warc.gz", pages=8, seed=7)
+    sources = _sources(inputs) + [{"name": "manual", "kind": "warc", "location": str(inputs / "manual"),
+                                   "role": "domain"}]
+    config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=sources,
+                          mixture={"budget_tokens": 20_000, "weights": {"web": 1.0}}, **LATER_PHASES)
     first = pretrain_pipeline(config_path=str(config), return_state=True)
     assert first.is_completed(), first.message
     result = first.result()
@@ -68,7 +73,7 @@ def test_flow_builds_each_source_then_skips_them_as_cached(tmp_path, seaweed, bu
     assert _task_state_names(first.state_details.flow_run_id) == {
         **{stage: "Completed" for stage in GLOBAL_STAGES},
         **{f"{stage}[{source}]": "Completed" for stage in STAGES if stage not in GLOBAL_STAGES
-           for source in ("web", "docs")}}
+           for source in ("web", "docs", "manual")}}
     store = S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url)
     web = read_manifest(store, "ingest/web", result["stages"]["ingest/web"]["version"])
     assert web["counts"]["documents"] == 10 and web["counts"]["skipped"] == {"warc_request_record": 10}
@@ -86,6 +91,13 @@ def test_flow_builds_each_source_then_skips_them_as_cached(tmp_path, seaweed, bu
     assert record["status"] == "completed" and record["config"]["storage"]["bucket"] == bucket
     assert "AWS_SECRET_ACCESS_KEY" not in str(record) and os.environ["AWS_SECRET_ACCESS_KEY"] not in str(record)
     assert len(list_versions(store, "ingest/web")) == 1
+    cpt = read_manifest(store, "cpt", result["stages"]["cpt"]["version"])
+    assert cpt["summary"]["init"] == f"pretrain@{result['stages']['pretrain']['version']}"
+    assert {row["source"]: row["role"] for row in cpt["summary"]["table"]} == \
+        {"manual": "domain", "web": "replay", "docs": "replay"}
+    evaluation = read_manifest(store, "eval", result["stages"]["eval"]["version"])
+    assert set(evaluation["summary"]["models"]) == {"base", "cpt", "ift"}
+    assert evaluation["summary"]["metrics"]["ift"]["assistant loss"] > 0
 
 
 def test_changed_source_is_reingested_and_unchanged_one_skipped(tmp_path, seaweed, bucket, inputs):

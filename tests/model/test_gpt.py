@@ -1,5 +1,6 @@
 """The GPT model: GPT-2's initialisation, causal attention, the loss over weighted targets, and a lossless
-export to transformers' GPT2LMHeadModel (logits equal to 1e-4 in fp32) and to safetensors."""
+export to transformers' GPT2LMHeadModel (logits equal to 1e-4 in fp32) and to safetensors, and loading a
+GPT-2-format checkpoint back (the start of continued pretraining)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import pytest
 import torch
 
-from model.export import export_hf, load_weights, save_weights
+from model.export import export_hf, load_checkpoint, load_weights, save_weights
 from model.gpt import GPT, GPTConfig, lm_loss, targets_and_weights
 from model.sizing import gpt2_parameters
 
@@ -71,3 +72,26 @@ def test_safetensors_round_trip(tmp_path):
     other = load_weights(model(3), tmp_path / "w.safetensors")
     ids = torch.randint(0, 300, (1, 8))
     assert torch.equal(gpt(ids), other(ids)) and other.lm_head.weight is other.wte.weight
+
+
+def test_a_gpt2_format_checkpoint_loads_back_with_the_same_logits(tmp_path):
+    import json
+
+    gpt = model(4)
+    export_hf(gpt, tmp_path / "hf", eos_id=0, pad_id=1)
+    loaded = load_checkpoint(tmp_path / "hf").eval()
+    assert loaded.config == CONFIG
+    ids = torch.randint(0, 300, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(gpt(ids), loaded(ids), atol=1e-5)
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    save_weights(gpt, ours / "model.safetensors")
+    (ours / "model_config.json").write_text(json.dumps(CONFIG.to_dict()))
+    assert torch.equal(load_checkpoint(ours)(ids), gpt(ids))
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    with pytest.raises(ValueError, match="only GPT-2"):
+        load_checkpoint(tmp_path / "hf")
+    with pytest.raises(FileNotFoundError, match="not a GPT-2 checkpoint"):
+        load_checkpoint(tmp_path)

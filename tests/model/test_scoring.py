@@ -46,12 +46,28 @@ def test_acc_and_acc_norm_by_hand():
     assert multiple_choice(toy, [long_choice]) == {"acc": 0.0, "acc_norm": 1.0, "items": 1}
 
 
+def test_acc_mutual_info_by_hand():
+    # after 1 every token has P 0.25: acc takes the first choice (0). Without the context (after 2),
+    # P(0) = 0.7 and P(1) = 0.1, so choice 1 gains log(0.25/0.1) > 0 and choice 0 loses log(0.25/0.7) < 0.
+    item = ChoiceItem(context=[1], choices=[[0], [1]], choice_chars=[1, 1], gold=1)
+    assert multiple_choice(toy, [item], unconditional=[2]) == \
+        {"acc": 0.0, "acc_norm": 0.0, "acc_mutual_info": 1.0, "items": 1}
+
+
 def test_perplexity_by_hand():
     rows = np.array([[0, 2, 0, 1], [3, 3, 1, 1]])  # 1 is the padding here
     result = perplexity(toy, rows, pad_id=1)
     # targets of row 1: 2|0 (0.2), 0|2 (0.7); 1 is padding. row 2: 3|3 (0.7); then padding.
     expected = math.exp(-(math.log(0.2) + math.log(0.7) + math.log(0.7)) / 3)
     assert result["tokens"] == 3 and result["perplexity"] == pytest.approx(expected)
+
+
+def test_masked_perplexity_counts_only_masked_targets():
+    rows = np.array([[0, 1, 2, 0]])
+    masks = np.array([[0, 0, 1, 1]])  # targets 2 (after 1) and 0 (after 2) count; 1 (after 0) does not
+    result = perplexity(toy, rows, pad_id=3, masks=masks)
+    assert result["tokens"] == 2
+    assert result["loss"] == pytest.approx(-(math.log(0.25) + math.log(0.7)) / 2)
 
 
 def test_last_word_accuracy_by_hand():

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.chat import ChatReject, ChatTemplate, parse_chat_line
+from pipeline.chat import ChatPacker, ChatReject, ChatTemplate, parse_chat_line, read_lines
 
 CONVERSATION = [
     {"role": "system", "content": "You answer questions about the Debian installer."},
@@ -92,3 +92,52 @@ def test_the_sample_chat_set_is_valid_and_rebuilds_byte_identically(tmp_path):
     subprocess.run([sys.executable, str(REPO / "scripts" / "build_chat_sample.py"), "--out", str(rebuilt)],
                    check=True, capture_output=True, cwd=REPO)
     assert rebuilt.read_bytes() == bundled.read_bytes()
+
+
+def test_training_loss_is_exactly_the_mean_over_assistant_tokens(tokenizer):
+    """Pack two conversations, compute the trainer's loss, compare with the mean cross-entropy of the
+    assistant targets picked by hand."""
+    import torch
+    import torch.nn.functional as F
+
+    from model.gpt import lm_loss, targets_and_weights
+
+    template = ChatTemplate()
+    packer = ChatPacker(256, eos_id=0, pad_id=1, dtype=np.uint16)
+    encoded = [template.encode(tokenizer, CONVERSATION), template.encode(tokenizer, CONVERSATION[1:3])]
+    for ids, mask in encoded:
+        packer.add(ids, mask)
+    rows, masks = packer.finish()
+    assert rows.shape == (1, 256) and masks.sum() == sum(int(m.sum()) for _, m in encoded)
+    rows_t, masks_t = torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(masks)
+    logits = torch.randn(1, 255, tokenizer.get_vocab_size(), generator=torch.Generator().manual_seed(0))
+    inputs, targets, weights = targets_and_weights(rows_t, 1, masks_t)
+    loss = lm_loss(logits, targets, weights)
+    expected_ids = np.concatenate([ids[mask == 1] for ids, mask in encoded])
+    picked = [i for i in range(255) if masks[0, i + 1] == 1]
+    assert np.array_equal(rows[0, 1:][picked], expected_ids)  # exactly the assistant tokens are targets
+    by_hand = F.cross_entropy(logits[0, picked], targets[0, picked])
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_packer_never_splits_a_conversation():
+    packer = ChatPacker(10, eos_id=0, pad_id=1, dtype=np.uint16)
+    for length in (4, 4, 6, 9):
+        packer.add(np.full(length, 7), np.ones(length, np.uint8))
+    rows, masks = packer.finish()
+    # [4+eos, 4+eos] | [6+eos, pad x3] | [9+eos]
+    assert rows.shape == (3, 10)
+    assert rows[1].tolist() == [7] * 6 + [0, 1, 1, 1] and masks[1].tolist() == [1] * 6 + [0] * 4
+    assert not packer.fits(np.zeros(10))
+    with pytest.raises(ValueError, match="does not fit"):
+        packer.add(np.zeros(10), np.zeros(10, np.uint8))
+
+
+def test_read_lines_caps_long_lines_without_holding_them(tmp_path):
+    import zstandard
+
+    body = b'{"a": 1}\n' + b"x" * 5000 + b"\n" + b'{"b": 2}\r\n'
+    (tmp_path / "plain.jsonl").write_bytes(body)
+    (tmp_path / "packed.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(body))
+    for name in ("plain.jsonl", "packed.jsonl.zst"):
+        assert list(read_lines(tmp_path / name, 1000)) == [b'{"a": 1}', None, b'{"b": 2}']

@@ -109,8 +109,8 @@ def test_unknown_top_level_key(tmp_path):
     raw["ingets"] = {"workers": 2}
     message = config_error(tmp_path, raw)
     assert "ingets: unknown key" in message
-    assert "allowed keys here: clean, dedup, filter, ingest, langid, mixture, model, quality_model, sources, " \
-           "storage, tokenize, tokenizer" in message
+    assert "allowed keys here: clean, cpt, dedup, eval, filter, ift, ingest, langid, mixture, model, quality_model, " \
+           "sources, storage, tokenize, tokenizer, train" in message
     assert str(tmp_path / "pipeline.yaml") in message
 
 
@@ -382,3 +382,45 @@ def test_dedup_and_classifier_settings_are_checked(tmp_path):
     raw = raw_minimal()
     raw["dedup"] = {"scheme": "legacy"}
     assert "dedup.scheme" in config_error(tmp_path, raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training phases after pretraining: sources' roles, cpt, ift, eval
+
+
+def test_the_later_phases_need_their_data(tmp_path):
+    raw = raw_minimal()
+    raw["cpt"] = {"enabled": True}
+    assert "cpt.enabled: continued pretraining needs at least one source with role: domain" in \
+        config_error(tmp_path, raw)
+    raw = raw_minimal()
+    raw["ift"] = {"enabled": True}
+    assert "ift.chat_files: instruction fine-tuning needs at least one chat JSONL" in config_error(tmp_path, raw)
+    raw = raw_minimal()
+    for source in raw["sources"]:
+        source["role"] = "domain"
+    assert "at least one source needs role: general" in config_error(tmp_path, raw)
+
+
+def test_pretraining_weights_name_general_sources_only(tmp_path):
+    raw = raw_minimal()
+    raw["sources"].append({**raw["sources"][0], "name": "manuals", "role": "domain"})
+    raw["mixture"] = {"weights": {raw["sources"][0]["name"]: 1.0, "manuals": 1.0}}
+    assert "mixture.weights: ['manuals'] have role: domain" in config_error(tmp_path, raw)
+    raw["mixture"] = {"weights": {raw["sources"][0]["name"]: 1.0}}
+    raw["cpt"] = {"enabled": True, "replay_fraction": 1.0}
+    assert "cpt.replay_fraction" in config_error(tmp_path, raw)
+    raw["cpt"] = {"enabled": True, "replay_fraction": 0.1}
+    config = load_config(write_config(tmp_path, raw))
+    assert config.domain_sources() == ["manuals"] and config.cpt.train_settings(config.train).lr == config.cpt.lr
+
+
+def test_bad_ift_and_eval_settings_name_the_key(tmp_path):
+    raw = raw_minimal()
+    raw["ift"] = {"method": "qlora"}
+    assert "ift.method" in config_error(tmp_path, raw)
+    raw["ift"] = {"lora": {"targets": ["q_proj"]}}
+    assert "ift.lora.targets" in config_error(tmp_path, raw)
+    raw = raw_minimal()
+    raw["eval"] = {"gate": {"general_tolerance": -0.1}}
+    assert "eval.gate.general_tolerance" in config_error(tmp_path, raw)

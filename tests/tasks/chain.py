@@ -78,3 +78,28 @@ def committed(store, spec) -> dict | None:
     from pipeline.artifacts import read_manifest
 
     return read_manifest(store, spec.artifact, spec.version)
+
+
+def hf_directory(store, manifest: dict, directory: Path) -> Path:
+    """A model artifact's hf/ files downloaded (verified) into `directory`."""
+    from pipeline.artifacts import fetch_verified, files_with_role
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in files_with_role(manifest, "hf"):
+        fetch_verified(store, manifest, entry, directory.parent).rename(directory / Path(entry["path"]).name)
+    return directory
+
+
+def held_out_loss(store, model_manifest: dict, rows_manifest: dict, tmp_path: Path) -> dict:
+    """Perplexity and loss of a model artifact on the first 64 held-out rows of a tokens or IFT artifact
+    (with its loss mask, if it has one)."""
+    from model.export import load_weights
+    from model.gpt import GPT, GPTConfig
+    from model.scoring import perplexity, torch_scorer
+    from tasks.evaluate import val_rows
+    from tasks.training import fetch_model
+
+    weights, config = fetch_model(store, model_manifest, tmp_path / model_manifest["version"])
+    model = load_weights(GPT(GPTConfig(**config)), weights).eval()
+    rows, masks = val_rows(store, rows_manifest, 64, tmp_path)
+    return perplexity(torch_scorer(model, config["n_positions"]), rows, pad_id=1, masks=masks)

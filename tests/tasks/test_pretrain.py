@@ -11,7 +11,8 @@ import pytest
 from pipeline.artifacts import fetch_verified, files_with_role
 from pipeline.config import MixtureConfig, TokenizeConfig, TrainConfig
 from tasks.mixture import mixture_spec, run_mixture
-from tasks.pretrain import CheckpointSync, launch_command, plan, pretrain_spec, run_pretrain
+from tasks.pretrain import pretrain_spec, run_pretrain
+from tasks.training import CheckpointSync, launch_command, plan
 from tests.tasks import chain
 
 SIZE = {"n_layer": 2, "n_head": 2, "d_model": 32, "n_positions": 64}
@@ -43,10 +44,7 @@ def test_pretrain_writes_weights_metrics_curve_and_a_loadable_hf_model(mixture, 
     roles = {entry["role"] for entry in manifest["files"]}
     assert {"weights", "config", "metrics", "plot", "hf"} <= roles
     assert not any(entry["path"].startswith("checkpoints/") for entry in manifest["files"])
-    hf = tmp_path / "hf"
-    hf.mkdir()
-    for entry in files_with_role(manifest, "hf"):
-        fetch_verified(store, manifest, entry, tmp_path).rename(hf / Path(entry["path"]).name)
+    hf = chain.hf_directory(store, manifest, tmp_path / "hf")
     model = GPT2LMHeadModel.from_pretrained(str(hf)).eval()
     tok = AutoTokenizer.from_pretrained(str(hf))
     ids = tok("Debian GNU/Linux installation", return_tensors="pt").input_ids
