@@ -25,6 +25,9 @@ Parameters:
   force        stages to rebuild even though their version exists; they get a new version salted
                with this run's id (committed artifacts are never overwritten), and so do the
                stages after them
+  refresh      the CPT refresh instead of the whole DAG (flows/refresh.py; the `cpt-refresh`
+               deployment): the domain sources again, dedup against everything already used, then
+               cpt -> ift -> eval from the promoted model
 
 Every stage whose version is already committed ends Cached, so rerunning or retrying a flow run
 re-executes only the stages that failed or never ran, and those after them.
@@ -39,8 +42,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.parallel import cluster_session
 from pipeline.runs import RunRecorder
 from pipeline.storage import open_store
+from flows.refresh import refresh_artifacts, run_refresh
 from tasks.clean import clean_task
 from tasks.cpt import cpt_task
 from tasks.dedup import dedup_task
@@ -150,27 +155,28 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
             needed(ctx, "pretrain", None):
         states["pretrain"] = pretrain_task(ctx, states["mixture"].result(), states["tokenizer"].result(),
                                            return_state=True)
-    run_later_phases(ctx, states, external_base)
+    run_later_phases(ctx, states, None if external_base else "pretrain")
     return states
 
 
-def run_later_phases(ctx: RunContext, states: dict[str, Any], external_base: bool) -> None:
-    """cpt -> ift -> eval, each when enabled and what it reads completed."""
+def run_later_phases(ctx: RunContext, states: dict[str, Any], base: str | None) -> None:
+    """cpt -> ift -> eval, each when enabled and what it reads completed. `base` names the state of the
+    model artifact CPT starts from (None: cpt.init's checkpoint)."""
     config = ctx.config
     tokens = {source.name: f"tokens/{source.name}" for source in config.sources}
 
-    def result(name: str) -> dict | None:
+    def result(name: str | None) -> dict | None:
         return states[name].result() if name in states and states[name].is_completed() else None
 
     if not completed(states, list(tokens.values())):
         return
-    models = {"pretrain": None if external_base else "pretrain"}
-    if config.cpt.enabled and needed(ctx, "cpt", None) and (external_base or completed(states, ["pretrain"])):
-        states["cpt"] = cpt_task(ctx, result("pretrain"), {s: result(n) for s, n in tokens.items()},
+    models = {"base": base}
+    if config.cpt.enabled and needed(ctx, "cpt", None) and (base is None or completed(states, [base])):
+        states["cpt"] = cpt_task(ctx, result(base), {s: result(n) for s, n in tokens.items()},
                                  result("tokenizer"), return_state=True)
     if config.cpt.enabled:
         models["cpt"] = "cpt"
-    last = "cpt" if config.cpt.enabled else "pretrain"
+    last = "cpt" if config.cpt.enabled else base
     if config.ift.enabled and needed(ctx, "ift", None) and completed(states, [last]):
         states["ift"] = ift_task(ctx, result(last), result("tokenizer"), return_state=True)
     if config.ift.enabled:
@@ -178,7 +184,7 @@ def run_later_phases(ctx: RunContext, states: dict[str, Any], external_base: boo
     wanted = [name for name in models.values() if name]
     if config.eval.enabled and needed(ctx, "eval", None) and completed(states, wanted):
         filters = {source.name: result(f"filter/{source.name}") for source in config.sources}
-        states["eval"] = eval_task(ctx, {phase: result(name) if name else None for phase, name in models.items()},
+        states["eval"] = eval_task(ctx, {phase: result(name) for phase, name in models.items()},
                                    {s: result(n) for s, n in tokens.items()}, filters, result("tokenizer"),
                                    return_state=True)
 
@@ -203,6 +209,7 @@ def pretrain_pipeline(
     overrides: dict[str, Any] | None = None,
     only: list[str] | None = None,
     force: list[str] | None = None,
+    refresh: bool = False,
 ) -> dict[str, Any]:
     logger = get_run_logger()
     config = load_config(config_path, overrides)
@@ -211,7 +218,8 @@ def pretrain_pipeline(
     run_id = flow_run.get_id() or "local"
     recorder = RunRecorder(
         store, run_id, flow=FLOW_NAME, config=config.model_dump(mode="json"),
-        parameters={"config_path": config_path, "overrides": overrides, "only": only, "force": force},
+        parameters={"config_path": config_path, "overrides": overrides, "only": only, "force": force,
+                    "refresh": refresh},
     )
     ctx = RunContext(
         config=config, store=store, base_dir=Path(config_path).resolve().parent, run_id=run_id,
@@ -219,12 +227,16 @@ def pretrain_pipeline(
     )
     logger.info("run %s (attempt %s): storage %s", run_id, recorder.record["attempt"], store.uri())
 
-    states = run_pipeline(ctx)
+    with cluster_session(config.cluster, log=logger.info):  # data stages' units: local pool, Dask or Ray
+        states = run_refresh(ctx, FLOW_NAME) if refresh else run_pipeline(ctx)
     failed = {name: state.message for name, state in states.items() if not state.is_completed()}
     if failed:
         for name, message in failed.items():
             recorder.stage_failed(name, message or "failed")
-        for name in sorted({later for name in failed for later in not_run_after(config, name)} - set(states)):
+        blocked = {later for name in failed for later in not_run_after(config, name)} - set(states)
+        if refresh:
+            blocked &= set(refresh_artifacts(ctx))
+        for name in sorted(blocked):
             recorder.stage(name, {"status": "not_run", "error": "an upstream stage failed"})
         recorder.finish("failed")
         raise PipelineFailed(f"stage(s) failed: {', '.join(sorted(failed))}; run record: {store.uri(recorder.key)}")

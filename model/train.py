@@ -135,9 +135,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def setup_distributed_environment() -> None:
-    """Defaults for a run without a launcher (one process), and DeepSpeed's CPU settings."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+def setup_distributed_environment(accelerator: str) -> None:
+    """Defaults for a run without a launcher (one process), and the accelerator from the run spec (DeepSpeed's
+    multi-node launcher does not pass DS_ACCELERATOR on to the other nodes; the spec travels with the code)."""
+    os.environ.setdefault("DS_ACCELERATOR", accelerator)
     for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(name, value)
     os.environ.setdefault("MASTER_PORT", str(free_port()))
@@ -145,7 +146,7 @@ def setup_distributed_environment() -> None:
 
 def train(spec: dict) -> dict:
     """Run (or resume) the training the spec describes; returns a summary (on every rank)."""
-    setup_distributed_environment()
+    setup_distributed_environment(spec["train"].get("accelerator", "cpu"))
     import deepspeed
     import deepspeed.ops
     import torch

@@ -18,6 +18,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import logging
 import re
 import subprocess
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = "pretrain-pipeline/manifest/v1"
 VERSION_RE = re.compile(r"^[0-9a-f]{20}$")
 ARTIFACTS = "artifacts"
+
+log = logging.getLogger(__name__)
 
 
 class IntegrityError(RuntimeError):
@@ -88,10 +91,20 @@ def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
     return digest.hexdigest()
 
 
+def committed(store: ObjectStore, prefix: str) -> bool:
+    return store.exists(join_key(prefix, MANIFEST))
+
+
 def upload_file(store: ObjectStore, prefix: str, relpath: str, local: Path, role: str, **extra: Any) -> dict:
-    """Upload one data file of an uncommitted artifact; returns its manifest entry."""
+    """Upload one data file of an uncommitted artifact; returns its manifest entry.
+
+    If the version got committed meanwhile (a concurrent run of the same stage finished first), nothing
+    is written: a committed artifact is never modified, even by a build whose bytes would differ."""
     entry = {"path": relpath, "role": role, "bytes": local.stat().st_size, "sha256": sha256_file(local)}
     entry.update(extra)
+    if committed(store, prefix):
+        log.info("%s is already committed (by a concurrent run); %s not written", store.uri(prefix), relpath)
+        return entry
     store.put_file(join_key(prefix, relpath), local)
     return entry
 
@@ -121,6 +134,8 @@ class ArtifactWriter:
         return record
 
     def finish_unit(self, unit: str, record: dict) -> None:
+        if committed(self.store, self.prefix):
+            return  # a concurrent run committed this version first: its prefix is not written again
         self.store.put_bytes(join_key(self.prefix, "parts", f"{unit}.json"), canonical_json(record))
 
     def commit(self, files: list[dict], counts: dict, *, summary: dict | None = None, build: dict | None = None) -> dict:
@@ -136,9 +151,14 @@ class ArtifactWriter:
             "build": {**build_info(), **(build or {})},
         }
         if not self.store.put_bytes(join_key(self.prefix, MANIFEST), _pretty_json(manifest), if_absent=True):
-            # Another run committed the same version first; theirs stands (same inputs, same data).
+            # Another run committed the same version first; theirs stands (same inputs, same data), and
+            # this build wrote nothing into it after its commit (upload_file, finish_unit).
             existing = read_manifest(self.store, self.spec.artifact, self.spec.version)
             assert existing is not None
+            theirs = {(entry["path"], entry["sha256"]) for entry in existing["files"]}
+            if theirs != {(entry["path"], entry["sha256"]) for entry in manifest["files"]}:
+                log.warning("%s: a concurrent build committed this version first with different bytes (a "
+                            "non-deterministic stage); the committed artifact stands", existing["uri"])
             return existing
         return manifest
 

@@ -1,9 +1,10 @@
 """`pretrain-pipeline`: run the flow, validate the config, browse artifacts, runs and refs, drive the stack.
 
     pretrain-pipeline validate [-c pipeline.yaml] [--set KEY=VALUE ...]
-    pretrain-pipeline run      [-c ...] [--set ...] [--only STAGE ...] [--force STAGE ...]
+    pretrain-pipeline run      [-c ...] [--set ...] [--only STAGE ...] [--force STAGE ...] [--refresh]
     pretrain-pipeline artifacts list | show ARTIFACT [VERSION] | quarantine ARTIFACT [VERSION]
     pretrain-pipeline runs list | show RUN_ID
+    pretrain-pipeline refresh history [--json]
     pretrain-pipeline refs show NAME | history NAME | set NAME ARTIFACT VERSION
     pretrain-pipeline quality-model train --positive SPEC ... --negative SPEC ... [--name default]
     pretrain-pipeline stack up | down | status
@@ -56,7 +57,7 @@ def cmd_run(args) -> int:
     from flows.pretrain_pipeline import pretrain_pipeline
 
     result = pretrain_pipeline(config_path=args.config, overrides=parse_overrides(args.set) or None,
-                               only=args.only, force=args.force)
+                               only=args.only, force=args.force, refresh=args.refresh)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -125,6 +126,33 @@ def comparison_table(summary: dict) -> list[str]:
     lines.append(f"gate: {gate['candidate_model']} {verdict} `{gate['ref']}` (against "
                  f"{gate['baseline_model'] or 'nothing'}): {gate['reason']}")
     return lines
+
+
+def cmd_refresh(args) -> int:
+    from flows.pretrain_pipeline import FLOW_NAME
+    from flows.refresh import refresh_history
+
+    history = refresh_history(_store(args), FLOW_NAME)
+    if args.json:
+        print(json.dumps(history, indent=2))
+        return 0
+    if not history:
+        print("no refresh run yet (deployment pretrain-pipeline/cpt-refresh, or `pretrain-pipeline run --refresh`)")
+    for entry in history:
+        print(f"{entry['run_id']}  {entry['status']:9} {entry['finished_at'] or '':25} from {entry['continued_from']}")
+        for source, data in entry["data"].items():
+            print(f"  data   {source}: ingest@{data['ingest']}, {data['new_documents']} new documents after dedup")
+        if entry["model"]:
+            print("  model  " + ", ".join(f"{name}@{version}" for name, version in entry["model"].items()))
+        if "gate" in entry:
+            scores = ", ".join(f"{name}: domain ppl {values['domain_perplexity']:.2f}, general "
+                               f"{values['general_perplexity']:.2f}" for name, values in entry["scores"].items()
+                               if values["domain_perplexity"] is not None)
+            verdict = "promoted" if entry["gate"]["promote"] else "not promoted"
+            print(f"  scores {scores}\n  gate   {entry['gate']['candidate_model']} {verdict}: {entry['gate']['reason']}")
+        elif entry.get("note"):
+            print(f"  note   {entry['note']}")
+    return 0
 
 
 def cmd_runs(args) -> int:
@@ -295,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = with_config(sub.add_parser("run", help="run the pretrain-pipeline flow here"))
     run.add_argument("--only", action="append", help="execute only this stage (repeatable)")
     run.add_argument("--force", action="append", help="rebuild this stage as a new version (repeatable)")
+    run.add_argument("--refresh", action="store_true",
+                     help="the CPT refresh (as the cpt-refresh deployment) instead of the whole DAG")
     run.set_defaults(fn=cmd_run)
 
     artifacts = with_config(sub.add_parser("artifacts", help="list artifacts, show a manifest or a quarantine"))
@@ -308,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("run_id", nargs="?")
     runs.add_argument("--config-too", action="store_true", help="also print the run's effective config")
     runs.set_defaults(fn=cmd_runs)
+    refresh = with_config(sub.add_parser("refresh", help="the history of CPT refreshes: data, model, scores"))
+    refresh.add_argument("action", choices=["history"])
+    refresh.add_argument("--json", action="store_true", help="as JSON")
+    refresh.set_defaults(fn=cmd_refresh)
 
     refs = with_config(sub.add_parser("refs", help="movable names pointing at artifact versions"))
     refs.add_argument("action", choices=["show", "history", "set"])

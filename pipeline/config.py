@@ -49,8 +49,20 @@ class StorageConfig(Section):
     prefix: str = Field("pipeline", description="key prefix of everything this pipeline writes")
     local_root: str = Field(".artifacts", description="root directory when backend is local")
     max_attempts: int = Field(10, ge=1, le=50, description="S3 request attempts (adaptive retry on throttling)")
+    retry_seconds: float = Field(
+        300, ge=0, le=86400,
+        description="keep retrying an S3 request that failed on a transient error (server down or restarting, "
+                    "connection reset, timeout, 5xx, throttling) for this long after its first failure; 0: only "
+                    "boto3's max_attempts",
+    )
+    retry_backoff_seconds: float = Field(0.5, gt=0, le=60, description="first pause between those retries; doubles")
+    retry_max_backoff_seconds: float = Field(15, gt=0, le=600, description="longest pause between those retries")
     multipart_threshold_mb: int = Field(64, ge=5, le=5120)
     create_bucket: bool = Field(True, description="create the bucket (with versioning on) if it is missing")
+    presigned_links: bool = Field(
+        False,
+        description="link artifacts in the Prefect UI with presigned URLs (clickable; the loss curves show as "
+                    "images) — a presigned URL carries the access key ID, never the secret; false: s3:// URIs only")
 
     @field_validator("prefix")
     @classmethod
@@ -480,8 +492,8 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     """Pretraining with DeepSpeed: processes, the optimisation, checkpoints."""
 
-    processes: int = Field(1, ge=1, le=4096, description="ranks on this machine (GPUs, or CPU processes)",
-                           json_schema_extra=UNVERSIONED)
+    processes: int = Field(1, ge=1, le=4096, json_schema_extra=UNVERSIONED,
+                           description="ranks in all (GPUs, or CPU processes); with a hostfile, the sum of its slots")
     launcher: Literal["auto", "deepspeed", "torchrun"] = Field(
         "auto", json_schema_extra=UNVERSIONED,
         description="auto: no launcher for one process, else DeepSpeed's; a hostfile always uses DeepSpeed's",
@@ -606,6 +618,60 @@ class EvalConfig(Section):
     gate: GateConfig = GateConfig()
 
 
+class RefreshConfig(Section):
+    """The schedule of the `pretrain-pipeline/cpt-refresh` deployment (applied by `make up`)."""
+
+    cron: str = Field("0 3 * * 1", json_schema_extra=UNVERSIONED, description="cron expression (5 fields)")
+    timezone: str = Field("UTC", json_schema_extra=UNVERSIONED)
+    active: bool = Field(False, json_schema_extra=UNVERSIONED,
+                         description="false: the schedule is created paused; resume it in the UI or the CLI")
+
+    @model_validator(mode="after")
+    def _valid_schedule(self) -> "RefreshConfig":
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=self.cron, timezone=self.timezone)
+        except ValueError as exc:
+            reason = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+            raise ValueError(f"not a valid cron schedule ({self.cron!r}, timezone {self.timezone!r}): {reason}") from None
+        return self
+
+
+class ClusterConfig(Section):
+    """Where the data stages' work units run (pipeline/parallel.py). It changes no output: a stage gives
+    the same version and the same bytes on every runner, so nothing here is versioned."""
+
+    runner: Literal["local", "dask", "ray"] = Field(
+        "local", json_schema_extra=UNVERSIONED,
+        description="local: a process pool per stage (each stage's `workers`); dask or ray: every unit on the cluster")
+    address: str | None = Field(
+        None, json_schema_extra=UNVERSIONED,
+        description="dask: tcp://host:8786; ray: ray://host:10001, host:6379 or auto; "
+                    "null: start a local cluster bound to 127.0.0.1 for the flow run")
+    workers: int = Field(2, ge=1, le=1024, json_schema_extra=UNVERSIONED,
+                         description="worker processes of the local cluster (address null)")
+
+    @field_validator("address")
+    @classmethod
+    def _address_fits_runner(cls, value: str | None, info: Any) -> str | None:
+        if value is None or "runner" not in info.data:  # an invalid runner is reported on its own
+            return value
+        runner = info.data["runner"]
+        value = value.strip()
+        patterns = {
+            "dask": (r"(?:(?:tcp|tls|ws|wss|ucx)://)?[^\s/:]+:\d{1,5}", "tcp://host:port (or tls://, ws://, ucx://)"),
+            "ray": (r"auto|ray://[^\s/:]+:\d{1,5}|[^\s/:]+:\d{1,5}", "ray://host:port (Ray Client), host:port or auto"),
+        }
+        if runner not in patterns:
+            raise ValueError(f"runner {runner!r} takes no address (set cluster.runner to dask or ray, or leave "
+                             f"the address null)")
+        pattern, expected = patterns[runner]
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"not a {runner} address; expected {expected}, or null for a local cluster")
+        return value
+
+
 class PipelineConfig(Section):
     storage: StorageConfig = StorageConfig()
     sources: list[Source] = Field(min_length=1)
@@ -623,6 +689,8 @@ class PipelineConfig(Section):
     cpt: CptConfig = CptConfig()
     ift: IftConfig = IftConfig()
     eval: EvalConfig = EvalConfig()
+    refresh: RefreshConfig = RefreshConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "PipelineConfig":

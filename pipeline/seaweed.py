@@ -33,6 +33,9 @@ class SeaweedServer:
     access_key: str
     secret_key: str
     pid: int | None = None
+    # master, volume, filer and admin ports: pass them (with s3_port and the same data_dir) to
+    # start_seaweed to restart the same server on the same ports
+    other_ports: list[int] | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -87,13 +90,19 @@ def start_seaweed(
     secret_key: str | None = None,
     log_path: str | Path | None = None,
     timeout: float = 60.0,
+    other_ports: list[int] | None = None,
 ) -> SeaweedServer:
-    """Start `weed mini` in data_dir (created if needed) and wait until S3 answers."""
+    """Start `weed mini` in data_dir (created if needed) and wait until S3 answers. `other_ports`
+    (master, volume, filer, admin) default to free ones."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     # weed mini remembers its flags here; stale ones from another port layout would win over ours.
     (data_dir / "mini.options").unlink(missing_ok=True)
-    if s3_port is None:
+    if other_ports is not None:
+        master, volume, filer, admin = other_ports
+        if s3_port is None:
+            raise ValueError("other_ports needs s3_port")
+    elif s3_port is None:
         s3_port, master, volume, filer, admin = free_port_block(5)
     else:
         master, volume, filer, admin = free_port_block(4)
@@ -126,7 +135,8 @@ def start_seaweed(
     process = subprocess.Popen(
         args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
     )
-    server = SeaweedServer(str(data_dir), s3_port, access_key, secret_key, process.pid)
+    server = SeaweedServer(str(data_dir), s3_port, access_key, secret_key, process.pid,
+                           [master, volume, filer, admin])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

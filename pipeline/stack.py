@@ -120,8 +120,9 @@ def _run(args: list[str], env: dict[str, str], log: Path) -> None:
 
 
 def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect_port: int = DEFAULT_PREFECT_PORT,
-       say=print) -> Stack:
-    """Start (or find running) SeaweedFS, the Prefect server, the work pool, deployments and a worker."""
+       config_path: Path = REPO / "pipeline.yaml", say=print) -> Stack:
+    """Start (or find running) SeaweedFS, the Prefect server, the work pool, deployments (with the
+    cpt-refresh schedule of `config_path`) and a worker."""
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     existing = load_stack(directory)
@@ -156,6 +157,12 @@ def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect
     say(f"creating work pool {WORK_POOL!r} and registering the deployments of prefect.yaml ...")
     _run([_bin("prefect"), "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"], client_env, setup_log)
     _run([_bin("prefect"), "--no-prompt", "deploy", "--all"], client_env, setup_log)
+    from .config import load_config
+    from .schedule import apply_refresh_schedule
+
+    schedule = apply_refresh_schedule(stack.api_url, load_config(config_path).refresh)
+    say(f"{schedule['deployment']}: cron {schedule['cron']!r} ({schedule['timezone']}), "
+        f"{'active' if schedule['active'] else 'paused'}")
 
     say("starting a worker ...")
     worker = _spawn([_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],

@@ -167,8 +167,21 @@ def merge_records(records: list[dict], counts: dict) -> list[dict]:
     return files
 
 
+def report_fraction(progress: Callable[[str], None], done: float) -> None:
+    """Move the UI progress bar of `progress` if it keeps one (tasks/stage.py StageProgress)."""
+    fraction = getattr(progress, "fraction", None)
+    if fraction is not None:
+        fraction(done)
+
+
+def text_bar(done: int, total: int, width: int = 20) -> str:
+    filled = round(width * done / total) if total else width
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
 class Progress:
-    """One log line every `every` seconds: units done, documents out, input MB/s."""
+    """One log line every `every` seconds — a text bar, units done, documents out, input MB/s — and the
+    stage's progress artifact in the UI."""
 
     def __init__(self, name: str, total: int, done: int, emit: Callable[[str], None], every: float):
         self.name, self.total, self.done, self.emit, self.every = name, total, done, emit, every
@@ -185,5 +198,6 @@ class Progress:
     def report(self, final: bool = False) -> None:
         self.last = time.monotonic()
         rate = self.bytes / MB / max(self.last - self.started, 1e-9)
-        self.emit(f"{self.name}: {self.done}/{self.total} units{' (done)' if final else ''}, "
-                  f"{self.documents} documents, {rate:.1f} MB/s")
+        self.emit(f"{self.name}: {text_bar(self.done, self.total)} {self.done}/{self.total} units"
+                  f"{' (done)' if final else ''}, {self.documents} documents, {rate:.1f} MB/s")
+        report_fraction(self.emit, self.done / self.total if self.total else 1.0)

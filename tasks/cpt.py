@@ -62,12 +62,17 @@ class StartingModel:
         return path, model.config.to_dict()
 
 
+def artifact_model(manifest: dict) -> StartingModel:
+    return StartingModel(f"{manifest['artifact']}@{manifest['version']}", manifest["version"], manifest=manifest)
+
+
 def resolve_init(reference: str, pretrain: dict | None, base_dir: Path) -> StartingModel:
-    """`cpt.init` -> the starting model."""
+    """`cpt.init` -> the starting model; `pretrain` is the model artifact `cpt.init: pretrain` means (the
+    pretrain artifact, or in a refresh the CPT model behind the promoted one)."""
     if reference == "pretrain":
         if pretrain is None:
             raise ValueError("cpt.init: pretrain, but there is no pretrain artifact to start from")
-        return StartingModel(f"pretrain@{pretrain['version']}", pretrain["version"], manifest=pretrain)
+        return artifact_model(pretrain)
     directory = Path(reference) if Path(reference).is_absolute() else base_dir / reference
     files = sorted(path for path in directory.glob("*")
                    if path.name in ("config.json", "model_config.json", "model.safetensors", "pytorch_model.bin"))
@@ -154,17 +159,18 @@ def run_cpt(settings: CptConfig, train: TrainConfig, mixture: MixtureConfig, sto
     return writer.commit(files, counts, summary=summary)
 
 
-def starting_model(ctx: RunContext, pretrain_result: dict | None) -> StartingModel:
-    pretrain = upstream_manifest(ctx, pretrain_result) if pretrain_result is not None else None
-    return resolve_init(ctx.config.cpt.init, pretrain, ctx.base_dir)
+def starting_model(ctx: RunContext, base_result: dict | None) -> StartingModel:
+    base = upstream_manifest(ctx, base_result) if base_result is not None else None
+    return resolve_init(ctx.config.cpt.init, base, ctx.base_dir)
 
 
 @task(name="cpt", task_run_name="cpt", cache_policy=NO_CACHE, persist_result=False)
-def cpt_task(ctx: RunContext, pretrain_result: dict | None, tokens_results: dict[str, dict],
+def cpt_task(ctx: RunContext, base_result: dict | None, tokens_results: dict[str, dict],
              tokenizer_result: dict) -> Any:
-    """Resolve the version from the starting model, every tokens artifact, the tokenizer and the config."""
+    """Resolve the version from the starting model (`base_result`: the model artifact `cpt.init: pretrain`
+    starts from), every tokens artifact, the tokenizer and the config; skip or train."""
     config = ctx.config
-    start = starting_model(ctx, pretrain_result)
+    start = starting_model(ctx, base_result)
     domain = {s: upstream_manifest(ctx, tokens_results[s]) for s in config.domain_sources()}
     general = {s: upstream_manifest(ctx, tokens_results[s]) for s in config.general_sources()}
     tokenizer = upstream_manifest(ctx, tokenizer_result)

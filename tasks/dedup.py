@@ -279,8 +279,10 @@ def cluster_pass(job: DedupJob, writer: ArtifactWriter, signature_entries: list[
                                    entry["rows"]))
         new_rows = sum(part.rows for part in parts)
         for entry in earlier_index(job.store, against):
-            parts.append(IndexPart(fetch_verified(job.store, entry["manifest"], entry, scratch_path), None,
-                                   entry["rows"]))
+            # one folder per earlier version: runs over the same units have files of the same name
+            earlier = scratch_path / "earlier" / entry["manifest"]["version"]
+            earlier.mkdir(parents=True, exist_ok=True)
+            parts.append(IndexPart(fetch_verified(job.store, entry["manifest"], entry, earlier), None, entry["rows"]))
         offset = 0
         for part in parts:
             part.offset, offset = offset, offset + part.rows
@@ -431,10 +433,11 @@ def run_dedup(settings: DedupConfig, store: ObjectStore, spec: StageSpec, inputs
 
 
 @task(name="dedup", task_run_name="dedup", cache_policy=NO_CACHE, persist_result=False)
-def dedup_task(ctx: RunContext, langid_results: dict[str, dict]) -> Any:
-    """Resolve the version from every source's langid artifact, `against` and the config; skip or dedup."""
+def dedup_task(ctx: RunContext, langid_results: dict[str, dict], against: str | None = None) -> Any:
+    """Resolve the version from every source's langid artifact, `against` (default: `dedup.against`) and
+    the config; skip or dedup."""
     inputs = {source: upstream_manifest(ctx, result) for source, result in langid_results.items()}
     settings = ctx.config.dedup
-    spec = dedup_spec(settings, inputs, resolve_against(ctx.store, settings.against),
+    spec = dedup_spec(settings, inputs, resolve_against(ctx.store, against or settings.against),
                       rebuild=ctx.rebuild_token(STAGE))
     return execute_stage(ctx, spec, lambda emit: run_dedup(settings, ctx.store, spec, inputs, emit))

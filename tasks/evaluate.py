@@ -47,7 +47,7 @@ from pipeline.units import read_shard
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from .cpt import StartingModel, resolve_init
+from .cpt import StartingModel, artifact_model, resolve_init
 from .stage import RunContext, execute_stage, upstream_manifest
 from .tokenize import split_of
 from .training import fetch_token_shards
@@ -302,16 +302,16 @@ def gate_baseline(store: ObjectStore, ref_name: str, candidate: str) -> str | No
 
 def models_to_compare(ctx: RunContext, results: dict[str, dict | None]) -> tuple[dict[str, StartingModel], str,
                                                                                 str | None]:
-    """(models by name, the candidate, the baseline) from the model stages' results and the gate's ref."""
+    """(models by name, the candidate, the baseline) from the model stages' results (`base`: the model
+    artifact CPT started from, `cpt`, `ift`) and the gate's ref."""
     config = ctx.config
     models: dict[str, StartingModel] = {}
-    pretrain = upstream_manifest(ctx, results["pretrain"]) if results.get("pretrain") else None
-    models["base"] = resolve_init(config.cpt.init, pretrain, ctx.base_dir) if config.cpt.enabled else \
-        resolve_init("pretrain", pretrain, ctx.base_dir)
+    base = upstream_manifest(ctx, results["base"]) if results.get("base") else None
+    models["base"] = resolve_init(config.cpt.init, base, ctx.base_dir) if config.cpt.enabled else \
+        resolve_init("pretrain", base, ctx.base_dir)
     for phase in ("cpt", "ift"):
         if results.get(phase):
-            manifest = upstream_manifest(ctx, results[phase])
-            models[phase] = StartingModel(f"{phase}@{manifest['version']}", manifest["version"], manifest=manifest)
+            models[phase] = artifact_model(upstream_manifest(ctx, results[phase]))
     candidate = list(models)[-1]
     baseline_name = gate_baseline(ctx.store, config.eval.gate.ref, models[candidate].name)
     baseline: str | None = "base" if candidate != "base" else None

@@ -45,7 +45,7 @@ from pipeline.token_shards import TokenShardWriter, token_dtype, token_schema
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from .cpt import StartingModel, check_fits
+from .cpt import StartingModel, artifact_model, check_fits
 from .stage import RunContext, execute_stage, upstream_manifest
 from .tokenizer import id_fraction
 from .training import (TrainingJob, describe_plan, export_model, loss_summary, plan, publish_curve, run_training,
@@ -193,8 +193,7 @@ def run_ift(settings: IftConfig, train: TrainConfig, seq_len: int, store: Object
 def ift_task(ctx: RunContext, model_result: dict, tokenizer_result: dict) -> Any:
     """Resolve the version from the starting model, the tokenizer, the chat files and the config."""
     config = ctx.config
-    base = upstream_manifest(ctx, model_result)
-    start = StartingModel(f"{base['artifact']}@{base['version']}", base["version"], manifest=base)
+    start = artifact_model(upstream_manifest(ctx, model_result))
     tokenizer = upstream_manifest(ctx, tokenizer_result)
     chat_files = eval_files(config.ift.chat_files, ctx.base_dir, key="ift.chat_files")
     spec = ift_spec(config.ift, config.train, config.tokenize.seq_len, start, tokenizer, chat_files,

@@ -83,18 +83,46 @@ def execute_stage(ctx: RunContext, spec: StageSpec, build: Callable[[Callable[[s
         )
         raise StageNotSelected(message)
     logger.info("%s: building version %s at %s", spec.artifact, spec.version, ctx.store.uri(spec.prefix))
-    manifest = build(logger.info)
+    manifest = build(StageProgress(logger.info, artifact_key(spec.artifact), spec.artifact))
     result = stage_result(manifest, "executed")
     ctx.recorder.stage(spec.artifact, result)
     publish(ctx, manifest, result)
     return result
 
 
+class StageProgress:
+    """What a stage's core reports through: called with a message, it logs it; `fraction(done)` keeps a
+    progress artifact in the Prefect UI (created at the first call) at done x 100 %. Cores that only
+    log call it like a plain function."""
+
+    def __init__(self, log: Callable[[str], None], key: str, artifact: str):
+        self.log, self.key, self.artifact = log, key, artifact
+        self.artifact_id = None
+
+    def __call__(self, message: str) -> None:
+        self.log(message)
+
+    def fraction(self, done: float) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        percent = round(100 * min(max(done, 0.0), 1.0), 1)
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(percent, key=f"{self.key}-progress",
+                                                        description=f"{self.artifact}: progress")
+        else:
+            update_progress_artifact(self.artifact_id, percent)
+
+
+def artifact_key(artifact: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for an artifact name such as filter/web."""
+    return re.sub(r"[^a-z0-9-]+", "-", artifact.lower()).strip("-")
+
+
 def publish(ctx: RunContext, manifest: dict, result: dict) -> None:
     """A markdown summary in the Prefect UI: counts, removals by reason, and where the artifact is."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    key = re.sub(r"[^a-z0-9-]+", "-", manifest["artifact"].lower()).strip("-")
+    key = artifact_key(manifest["artifact"])
     link = ctx.store.http_link(join_key(artifact_prefix(manifest["artifact"], manifest["version"]), MANIFEST))
     description = f"{manifest['artifact']} @ {manifest['version']}"
     create_markdown_artifact(key=key, markdown=summary_markdown(manifest, result["status"], link),

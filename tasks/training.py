@@ -15,7 +15,6 @@ tokenizer_config.json), the per-step metrics (JSON lines) and the loss curve (PN
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ from model.train import free_port
 from pipeline.artifacts import ArtifactWriter, fetch_verified, files_with_role, read_manifest
 from pipeline.config import TrainConfig
 from pipeline.storage import NotFound, ObjectStore, join_key
+from pipeline.units import report_fraction, text_bar
 
 REPO = Path(__file__).resolve().parents[1]
 ORDER_SCHEMA = pa.schema([pa.field("shard", pa.uint32(), nullable=False), pa.field("row", pa.uint32(), nullable=False)])
@@ -168,7 +168,7 @@ class TrainingJob:
     def run_spec(self, work: Path) -> dict:
         train = self.settings.model_dump(mode="json", include={
             "micro_batch", "grad_accum", "lr", "min_lr", "warmup_steps", "weight_decay", "betas", "eps", "clip",
-            "precision", "zero_stage", "seed", "checkpoint_every", "log_every", "peak_tflops"})
+            "precision", "zero_stage", "seed", "checkpoint_every", "log_every", "peak_tflops", "accelerator"})
         train["steps"] = self.steps
         return {"model": self.model, "data": self.data, "train": train, "resume": True, "init": self.init,
                 "lora": self.lora,
@@ -199,6 +199,10 @@ def run_training(job: TrainingJob, store: ObjectStore, prefix: str, work: Path,
         if line.startswith('{"checkpoint"'):
             sync.upload(json.loads(line)["checkpoint"])
             progress(f"{job.phase}: checkpoint {json.loads(line)['checkpoint']} stored")
+        elif line.startswith('{"step"'):
+            step = json.loads(line)["step"]
+            progress(f"{job.phase}: {text_bar(step, job.steps)} step {step}/{job.steps} {line}")
+            report_fraction(progress, step / job.steps)
         elif line.startswith(("{", "resumed", "error")) or "Traceback" in line:
             progress(line)
     if process.wait() != 0:

@@ -19,6 +19,10 @@ def open_store(config: StorageConfig, *, ensure: bool = True) -> ObjectStore:
         region=config.region,
         max_attempts=config.max_attempts,
         multipart_threshold_mb=config.multipart_threshold_mb,
+        retry_seconds=config.retry_seconds,
+        retry_backoff_seconds=config.retry_backoff_seconds,
+        retry_max_backoff_seconds=config.retry_max_backoff_seconds,
+        presigned_links=config.presigned_links,
     )
     if ensure and config.create_bucket:
         store.ensure_bucket()

@@ -51,8 +51,8 @@ QUICK_TRAINING = {"train.steps": 4, "train.checkpoint_every": 2, "train.warmup_s
                   "eval.generated.cloze_items": 10, "eval.generated.last_word_items": 10}
 
 
-def _run_deployment(stack, overrides: dict) -> tuple[subprocess.CompletedProcess, str]:
-    result = _prefect(stack, "deployment", "run", "pretrain-pipeline/full", "--params",
+def _run_deployment(stack, overrides: dict, deployment: str = "full") -> tuple[subprocess.CompletedProcess, str]:
+    result = _prefect(stack, "deployment", "run", f"pretrain-pipeline/{deployment}", "--params",
                       json.dumps({"overrides": {**QUICK_TRAINING, **overrides}}), "--watch", "--watch-timeout", "300")
     match = re.search(r"UUID:\s*([0-9a-f-]{36})", result.stdout)
     assert match, result.stdout + result.stderr
@@ -75,6 +75,32 @@ def test_deployment_run_completes_and_writes_artifacts(stack):
         assert counts.get("documents", counts.get("sequences", counts.get("vocab_size", counts.get(
             "steps", counts.get("models"))))) > 0, name
         assert store.exists(stage["uri"].split(f"s3://{bucket}/demo/", 1)[1] + "/manifest.json")
+
+    # the cpt-refresh deployment: its schedule from pipeline.yaml, created paused; a manual run after the
+    # full one finds no new domain document (dedup against everything already used) and stops there
+    refresh, refresh_id = _run_deployment(stack, {"storage.endpoint_url": stack.s3.endpoint_url,
+                                                  "storage.bucket": bucket}, deployment="cpt-refresh")
+    assert refresh.returncode == 0, refresh.stdout + refresh.stderr
+    refreshed = read_run(store, refresh_id)
+    assert refreshed["status"] == "completed" and refreshed["parameters"]["refresh"] is True
+    assert refreshed["stages"]["dedup"]["counts"]["removed"] == {
+        "duplicate_of_earlier_run": record["stages"]["dedup"]["counts"]["sources"]["docs"]["documents_in"]}
+    assert refreshed["stages"]["cpt"]["status"] == "not_run"
+    assert refreshed["stages"]["ingest/docs"]["status"] == "cached" and "ingest/web" not in refreshed["stages"]
+
+
+def test_the_refresh_schedule_comes_from_the_config_and_is_paused(stack):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipeline.config import load_config
+
+    expected = load_config(REPO / "pipeline.yaml").refresh
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("pretrain-pipeline/cpt-refresh")
+        [schedule] = client.read_deployment_schedules(deployment.id)
+    assert schedule.schedule.cron == expected.cron and schedule.schedule.timezone == expected.timezone
+    assert schedule.active is False and deployment.parameters["refresh"] is True
 
 
 def test_retry_of_a_failed_run_reexecutes_only_the_failed_stage(stack, tmp_path):

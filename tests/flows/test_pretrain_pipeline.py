@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from pipeline.storage import S3Store
 from tasks.ingest import ingest_spec
 from tests.conftest import REPO
 from tests.flows.helpers import LATER_PHASES, write_config, write_pages
+from tests.reliability.stages import kill_once_parts_appear
 from tests.raw_inputs import PNG, Page, write_jsonl, write_warc
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -203,15 +202,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, seaweed, 
     source = load_config(killed).sources[0]
     spec = ingest_spec(source, list_inputs(source, load_config(killed).storage), load_config(killed).ingest)
 
-    process = _run_cli(killed, env)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if list(store.list(spec.prefix + "/parts/")):
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be killed:\n" + process.stdout.read()
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_once_parts_appear(_run_cli(killed, env), store, spec.prefix, 240)
     assert not [key for key in store.list("artifacts/") if key.endswith("manifest.json")]
 
     resumed = _run_cli(killed, env)

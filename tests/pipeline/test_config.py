@@ -109,8 +109,8 @@ def test_unknown_top_level_key(tmp_path):
     raw["ingets"] = {"workers": 2}
     message = config_error(tmp_path, raw)
     assert "ingets: unknown key" in message
-    assert "allowed keys here: clean, cpt, dedup, eval, filter, ift, ingest, langid, mixture, model, quality_model, " \
-           "sources, storage, tokenize, tokenizer, train" in message
+    assert "allowed keys here: clean, cluster, cpt, dedup, eval, filter, ift, ingest, langid, mixture, model, " \
+           "quality_model, refresh, sources, storage, tokenize, tokenizer, train" in message
     assert str(tmp_path / "pipeline.yaml") in message
 
 
@@ -424,3 +424,11 @@ def test_bad_ift_and_eval_settings_name_the_key(tmp_path):
     raw = raw_minimal()
     raw["eval"] = {"gate": {"general_tolerance": -0.1}}
     assert "eval.gate.general_tolerance" in config_error(tmp_path, raw)
+
+
+def test_the_refresh_schedule_is_validated(tmp_path):
+    raw = raw_minimal()
+    raw["refresh"] = {"cron": "61 * * * *"}
+    assert "refresh: not a valid cron schedule ('61 * * * *'" in config_error(tmp_path, raw)
+    raw["refresh"] = {"timezone": "Mars/Olympus"}
+    assert "Invalid timezone" in config_error(tmp_path, raw)

@@ -9,14 +9,14 @@ import pytest
 from pipeline.config import EvalConfig, GeneratedTasksConfig
 from pipeline.runs import get_ref, set_ref
 from pipeline.storage import LocalStore
-from tasks.cpt import StartingModel
+from tasks.cpt import StartingModel, artifact_model
 from tasks.evaluate import apply_gate, eval_spec, gate_decision, results_table, run_eval
 from tests.conftest import SAMPLE
 from tests.tasks import chain
 
 
 def model(manifest: dict) -> StartingModel:
-    return StartingModel(f"{manifest['artifact']}@{manifest['version']}", manifest["version"], manifest=manifest)
+    return artifact_model(manifest)
 
 
 def test_eval_scores_every_model_and_the_tuned_models_win_where_they_should(model_phases):
