@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 120
 
-.PHONY: venv test demo up down bench sample clean
+.PHONY: venv chromium test demo up down bench sample clean
 
 venv: $(STAMP)
 
@@ -25,7 +25,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pipeline.models
 	touch $(STAMP)
 
-test: venv
+# The UI test drives Debian's headless Chromium; install it if this machine lacks it.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$(test "$$(id -u)" = 0 || echo "sudo -n"); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+test: venv chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: venv

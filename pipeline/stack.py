@@ -147,7 +147,10 @@ def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect
     env.pop("PREFECT_API_URL", None)
     say(f"starting Prefect server on {HOST}:{prefect_port} ...")
     server_log = directory / "prefect-server.log"
-    server = _spawn([_bin("prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)], env, server_log)
+    # The UI asks the API at PREFECT_UI_API_URL, which otherwise assumes the default port 4200.
+    server_env = {**env, "PREFECT_UI_API_URL": f"http://{HOST}:{prefect_port}/api"}
+    server = _spawn([_bin("prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)], server_env,
+                    server_log)
     stack = Stack(str(directory), s3, prefect_port, server.pid, None)
     _save(stack)
     _wait_http(f"{stack.api_url}/health", 180, "the Prefect server", server_log, server.pid)

@@ -170,6 +170,8 @@ def summary_markdown(manifest: dict, status: str, link: str | None) -> str:
         lines.append(f"| {row['counter']}{': ' + row['key'] if row['key'] else ''} | {row['value']:,} |")
     summary = manifest.get("summary", {})
     if summary.get("seconds") is not None:
-        lines += ["", f"Built in {summary['seconds']} s ({summary.get('mb_per_s')} MB/s, "
-                      f"{summary.get('docs_per_s')} docs/s)."]
+        rates = [f"{summary[key]:,} {unit}" for key, unit in (("mb_per_s", "MB/s"), ("docs_per_s", "docs/s"),
+                                                               ("tokens_per_s_median", "tokens/s (median step)"))
+                 if summary.get(key) is not None]
+        lines += ["", f"Built in {summary['seconds']} s" + (f" ({', '.join(rates)})." if rates else ".")]
     return "\n".join(lines)

@@ -138,3 +138,46 @@ def test_retry_of_a_failed_run_reexecutes_only_the_failed_stage(stack, tmp_path)
         assert second["stages"][name]["attempt"] == 2
     for name, version in built.items():
         assert second["stages"][name] == {**second["stages"][name], "status": "cached", "version": version}
+
+
+def test_the_ui_shows_a_finished_run_with_every_stage_completed(stack, tmp_path, record_property):
+    """Headless Chromium opens the UI page of the finished full run; the page says Completed with all its
+    task runs, and the screenshot (test-reports/ui/, recorded as the test's `screenshot` property) shows
+    the run graph with every task run in the Completed colour and none in Failed's."""
+    import re
+
+    import numpy as np
+    from matplotlib.image import imread
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterName, FlowRunFilter,
+                                                FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.flows.ui_browser import render
+
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        finished = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.COMPLETED]))), deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["full"])))
+        assert finished, "no completed run of pretrain-pipeline/full (test_deployment_run_completes_... runs first)"
+        run = finished[0]
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    assert tasks and {task.state.type for task in tasks} == {StateType.COMPLETED}
+
+    screenshot = REPO / "test-reports" / "ui" / f"flow-run-{run.name}.png"
+    dom = render(f"{stack.ui_url}/runs/flow-run/{run.id}", tmp_path / "chromium", screenshot=screenshot)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+    assert run.name in text and "Completed" in text, text[:2000]
+    assert f"{len(tasks)} Task runs" in text, text[:2000]
+    assert "Failed" not in text.split("Logs")[0]  # the header and the graph's legend: no failed state
+    record_property("screenshot", str(screenshot))
+    print(f"screenshot: {screenshot}")
+
+    image = imread(screenshot)[..., :3]
+    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
+    completed = (green > 0.5) & (red < 0.35) & (blue < 0.45)  # Prefect's Completed green
+    failed = (red > 0.7) & (green < 0.3) & (blue < 0.3)  # Failed / Crashed red
+    graph = slice(int(image.shape[0] * 0.08), int(image.shape[0] * 0.36))  # the run graph under the header
+    assert completed[graph].sum() > 2000, "the run graph shows no completed task runs"
+    assert failed[graph].sum() < 50, "the run graph shows failed task runs"
