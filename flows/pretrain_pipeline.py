@@ -234,6 +234,7 @@ def pretrain_pipeline(
         for name, message in failed.items():
             recorder.stage_failed(name, message or "failed")
         blocked = {later for name in failed for later in not_run_after(config, name)} - set(states)
+        blocked -= {phase for phase in ("cpt", "ift", "eval") if not getattr(config, phase).enabled}
         if refresh:
             blocked &= set(refresh_artifacts(ctx))
         for name in sorted(blocked):
