@@ -48,6 +48,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_dedup.py
 	$(BIN)/python benchmarks/bench_tokenize.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_pipeline.py
 
 sample: venv
 	$(BIN)/python scripts/build_sample_corpus.py --out data/sample
