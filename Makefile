@@ -49,6 +49,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_tokenize.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/summary.py
 
 sample: venv
 	$(BIN)/python scripts/build_sample_corpus.py --out data/sample

@@ -132,12 +132,15 @@ def child(corpus: Path, workers: int, work: Path) -> dict:
     stages = {}
     with TreeMemory() as memory:
         for stage in STAGES:
+            run_peak, memory.peak = memory.peak, 0
             started = time.perf_counter()
             manifest = plan(config, store, REPO, stage)[stage]
             counts = manifest["counts"]
+            time.sleep(memory.every * 2)  # one more sample after the stage
             stages[stage] = {"seconds": round(time.perf_counter() - started, 3),
                              "documents": counts.get("documents", counts.get("sample_documents")),
-                             "tokens": counts.get("tokens")}
+                             "tokens": counts.get("tokens"), "peak_tree_rss_mb": round(memory.peak / 2**20, 1)}
+            memory.peak = max(memory.peak, run_peak)
     return {"stages": stages, "peak_tree_rss_mb": round(memory.peak / 2**20, 1)}
 
 

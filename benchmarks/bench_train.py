@@ -63,7 +63,7 @@ def child(mode: str, zero_stage: int, steps: int, preset: str) -> dict:
     model = GPT(config)
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
     if mode == "deepspeed":
-        setup_distributed_environment()
+        setup_distributed_environment("cpu")
         import deepspeed
         import deepspeed.ops
 
@@ -97,7 +97,16 @@ def child(mode: str, zero_stage: int, steps: int, preset: str) -> dict:
             times.append(time.perf_counter() - started)
     return {"mode": mode, "zero_stage": zero_stage if mode == "deepspeed" else None,
             "step_s_median": statistics.median(times), "tokens_per_step": micro * seq_len,
-            "parameters": model.num_parameters(), "first_loss": losses[0], "last_loss": losses[-1]}
+            "parameters": model.num_parameters(), "first_loss": losses[0], "last_loss": losses[-1],
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM; ru_maxrss would include a parent's across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def main() -> None:
@@ -130,7 +139,8 @@ def main() -> None:
         figures[name] = {"step_s": round(step, 5), "tokens_per_s": round(tokens_per_s, 1),
                          "mfu_at_nominal_peak": round(6 * measured[0]["parameters"] * tokens_per_s /
                                                       (args.peak_tflops * 1e12), 4),
-                         "first_loss": round(measured[0]["first_loss"], 4), "last_loss": round(measured[0]["last_loss"], 4)}
+                         "first_loss": round(measured[0]["first_loss"], 4), "last_loss": round(measured[0]["last_loss"], 4),
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in measured)}
     ratios = {name: round(figures[name]["step_s"] / figures["plain"]["step_s"], 3)
               for name in ("deepspeed_zero0", "deepspeed_zero1")}
     results = {"machine": {**machine_info(REPO, ("torch", "deepspeed")), "busy_before_timing": busy,
