@@ -33,7 +33,7 @@ class Stack:
     directory: str
     s3: SeaweedServer
     prefect_port: int
-    server_pid: int
+    server_pid: int | None
     worker_pid: int | None
 
     @property
@@ -134,6 +134,9 @@ def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect
     for port, what in ((s3_port, "S3"), (prefect_port, "Prefect")):
         if not port_is_free(port):
             raise RuntimeError(f"port {port} for {what} on {HOST} is taken; free it or choose another port")
+    from .config import load_config
+
+    refresh = load_config(config_path).refresh  # an invalid config fails before anything starts
 
     credentials_path = directory / "credentials.json"
     credentials = json.loads(credentials_path.read_text()) if credentials_path.exists() else {}
@@ -142,6 +145,24 @@ def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect
                        secret_key=credentials.get("secret_key"))
     credentials_path.write_text(json.dumps({"access_key": s3.access_key, "secret_key": s3.secret_key}))
     credentials_path.chmod(0o600)
+    stack = Stack(str(directory), s3, prefect_port, None, None)
+    _save(stack)
+    try:
+        _start_prefect(stack, refresh, say)
+    except BaseException:
+        down(directory, say=lambda _msg: None)  # nothing half-started is left running
+        raise
+    env_file = directory / "env"
+    env_file.write_text("".join(f"export {key}={value}\n" for key, value in stack.env().items()))
+    env_file.chmod(0o600)
+    return stack
+
+
+def _start_prefect(stack: Stack, refresh, say) -> None:
+    """The Prefect server, the work pool, the deployments with the refresh schedule, and a worker."""
+    from .schedule import apply_refresh_schedule
+
+    directory, prefect_port = Path(stack.directory), stack.prefect_port
 
     env = {**os.environ, **prefect_env(directory / "prefect")}
     env.pop("PREFECT_API_URL", None)
@@ -151,7 +172,7 @@ def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect
     server_env = {**env, "PREFECT_UI_API_URL": f"http://{HOST}:{prefect_port}/api"}
     server = _spawn([_bin("prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)], server_env,
                     server_log)
-    stack = Stack(str(directory), s3, prefect_port, server.pid, None)
+    stack.server_pid = server.pid
     _save(stack)
     _wait_http(f"{stack.api_url}/health", 180, "the Prefect server", server_log, server.pid)
 
@@ -160,10 +181,7 @@ def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect
     say(f"creating work pool {WORK_POOL!r} and registering the deployments of prefect.yaml ...")
     _run([_bin("prefect"), "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"], client_env, setup_log)
     _run([_bin("prefect"), "--no-prompt", "deploy", "--all"], client_env, setup_log)
-    from .config import load_config
-    from .schedule import apply_refresh_schedule
-
-    schedule = apply_refresh_schedule(stack.api_url, load_config(config_path).refresh)
+    schedule = apply_refresh_schedule(stack.api_url, refresh)
     say(f"{schedule['deployment']}: cron {schedule['cron']!r} ({schedule['timezone']}), "
         f"{'active' if schedule['active'] else 'paused'}")
 
@@ -172,10 +190,6 @@ def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect
                     client_env, directory / "worker.log")
     stack.worker_pid = worker.pid
     _save(stack)
-    env_file = directory / "env"
-    env_file.write_text("".join(f"export {key}={value}\n" for key, value in stack.env().items()))
-    env_file.chmod(0o600)
-    return stack
 
 
 def _save(stack: Stack) -> None:
