@@ -4,6 +4,11 @@ Used by `make up`, `make demo` and the test fixtures. The server is started with
 an identity file (so requests need valid SigV4 credentials), no auto-created buckets, no deleting a
 non-empty bucket, no telemetry, every port bound to loopback. SeaweedFS also opens a gRPC port at
 each HTTP port + 10000, so free ports are chosen with that in mind.
+
+SeaweedFS stores each bucket as a collection of its own volumes (files of up to
+VOLUME_SIZE_LIMIT_MB). Left to itself, `weed mini` allowed only 64 volumes on a disk with 65 GB
+free (about one per GB, although its volumes are 128 MB): every write to a 65th bucket failed with
+InternalError. The count is therefore set here from the free disk space and the volume size.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pathlib import Path
 
 GRPC_OFFSET = 10000
 HOST = "127.0.0.1"
+VOLUME_SIZE_LIMIT_MB = 128  # weed mini's own default, passed explicitly so volume_count() agrees with it
+MIN_VOLUMES = 64
 
 
 @dataclass
@@ -82,6 +89,13 @@ def free_port_block(count: int, low: int = 20000, high: int = 45000) -> list[int
     raise RuntimeError("no free block of ports on 127.0.0.1")
 
 
+def volume_count(data_dir: Path) -> int:
+    """How many volumes the server may create: the free space under data_dir in whole volumes (volume
+    files are sparse, so an empty one costs next to nothing), at least MIN_VOLUMES."""
+    free = shutil.disk_usage(data_dir).free
+    return max(MIN_VOLUMES, free // (VOLUME_SIZE_LIMIT_MB * 1024 * 1024))
+
+
 def start_seaweed(
     data_dir: str | Path,
     *,
@@ -124,6 +138,7 @@ def start_seaweed(
         weed_binary(), "mini",
         f"-dir={data_dir}",
         f"-ip={HOST}", f"-ip.bind={HOST}",
+        f"-volume.max={volume_count(data_dir)}", f"-master.volumeSizeLimitMB={VOLUME_SIZE_LIMIT_MB}",
         f"-s3.port={s3_port}", f"-master.port={master}", f"-volume.port={volume}",
         f"-filer.port={filer}", f"-admin.port={admin}",
         f"-filer.localSocket={data_dir}/filer.sock",

@@ -32,7 +32,10 @@ def seaweed(tmp_path_factory) -> SeaweedServer:
 
 
 def new_s3_store(server: SeaweedServer, prefix: str | None = None) -> S3Store:
-    store = S3Store("test-" + uuid.uuid4().hex[:12], prefix or "p", endpoint_url=server.endpoint_url)
+    # A shorter retry budget than the default 300 s: a failing server shows as a StoreError with its
+    # cause before pytest-timeout's 300 s would cut the test off without one.
+    store = S3Store("test-" + uuid.uuid4().hex[:12], prefix or "p", endpoint_url=server.endpoint_url,
+                    retry_seconds=30)
     store.ensure_bucket()
     return store
 
