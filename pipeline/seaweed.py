@@ -30,7 +30,7 @@ from pathlib import Path
 GRPC_OFFSET = 10000
 HOST = "127.0.0.1"
 VOLUME_SIZE_LIMIT_MB = 128  # weed mini's own default, passed explicitly so volume_count() agrees with it
-MIN_VOLUMES = 64
+MIN_VOLUMES = 256  # a floor for nearly full disks: volumes are created one per bucket, and sparse
 
 
 @dataclass
