@@ -4,7 +4,6 @@ is counted under its reason and quarantined, every good document is kept, and th
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -89,9 +88,7 @@ def test_the_corpus_is_deterministic_and_small_to_build(tmp_path):
 
 @pytest.mark.parametrize("name", ["web", "docs", "site"])
 def test_bad_corpus_completes_with_every_record_counted(corpus, name, store, tmp_path):
-    started = time.monotonic()
     run = Run(source_for(corpus, name), store, settings(quarantine_sample_bytes=SAMPLE_BYTES), tmp_path)
-    assert time.monotonic() - started < 20
     assert_outcome(run, corpus.expected[name])
     by_url = {row["url"]: row for row in run.documents()}
     if name == "web":
@@ -154,9 +151,7 @@ def test_zstd_bomb_is_cut_off_with_bounded_memory(tmp_path):
     config = settings(max_decompressed_mb=1024, max_compression_ratio=1_000_000)
     reset_peak_rss()
     base = peak_rss_mb()
-    started = time.monotonic()
     run = Run(jsonl_source(folder), LocalStore(tmp_path / "s", "p"), config, tmp_path)
-    elapsed = time.monotonic() - started
     growth = peak_rss_mb() - base
     assert run.counts["quarantined"] == {"decompression_limit": 1}
     assert run.counts["documents"] == 2
@@ -165,7 +160,6 @@ def test_zstd_bomb_is_cut_off_with_bounded_memory(tmp_path):
     assert "max_decompressed_mb" in row["detail"]
     # the 10 MB record cap, decoder chunks (<= 9 MB) and the writers: far below the 1 GiB decoded
     assert growth < 120, f"peak RSS grew by {growth:.0f} MB"
-    assert elapsed < 15, elapsed
 
 
 def test_a_50_mb_line_is_measured_without_being_held(tmp_path, corpus):
