@@ -43,20 +43,22 @@ def test_a_session_that_maps_nothing_starts_no_cluster():
     assert current_session() is None
 
 
-@pytest.fixture(scope="module")
-def dask_session():
-    pytest.importorskip("distributed")
-    session = ClusterSession("dask", None, 2, log=lambda _m: None)
+def local_cluster(runner: str, package: str):
+    """A two-worker local cluster of `runner`, connected for the module and closed after it."""
+    pytest.importorskip(package)
+    session = ClusterSession(runner, None, 2, log=lambda _m: None)
     yield session.connect()
     session.close()
+
+
+@pytest.fixture(scope="module")
+def dask_session():
+    yield from local_cluster("dask", "distributed")
 
 
 @pytest.fixture(scope="module")
 def ray_session():
-    pytest.importorskip("ray")
-    session = ClusterSession("ray", None, 2, log=lambda _m: None)
-    yield session.connect()
-    session.close()
+    yield from local_cluster("ray", "ray")
 
 
 @pytest.fixture(params=["dask", "ray"])
