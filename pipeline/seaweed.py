@@ -106,7 +106,8 @@ def start_seaweed(
     timeout: float = 60.0,
     other_ports: list[int] | None = None,
 ) -> SeaweedServer:
-    """Start `weed mini` in data_dir (created if needed) and wait until S3 answers. `other_ports`
+    """Start `weed mini` in data_dir (created if needed) and wait until S3 answers and the master
+    knows every volume already on disk (so existing objects can be read). `other_ports`
     (master, volume, filer, admin) default to free ones."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +147,7 @@ def start_seaweed(
         "-master.telemetry=false", f"-s3.config={s3_config}",
         "-s3.autoCreateBucket=false", "-s3.allowDeleteBucketNotEmpty=false",
     ]
+    volumes_on_disk = len(list(data_dir.glob("*.dat")))
     log = open(log_path or data_dir / "weed.log", "ab")
     process = subprocess.Popen(
         args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
@@ -156,7 +158,7 @@ def start_seaweed(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"SeaweedFS exited with code {process.returncode}; see {log.name}")
-        if _s3_answers(server.endpoint_url):
+        if _s3_answers(server.endpoint_url) and _volumes_registered(master, volumes_on_disk):
             (data_dir / "server.json").write_text(json.dumps(asdict(server)))
             (data_dir / "server.json").chmod(0o600)
             return server
@@ -173,6 +175,24 @@ def _s3_answers(endpoint: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def _volumes_registered(master_port: int, expected: int) -> bool:
+    """Whether the master knows at least `expected` volumes. After a restart the S3 gateway answers
+    before the volume server has reported the volumes already on disk, and until it has, reads of
+    existing objects fail with InternalError (seen for 4.5 s on a loaded machine)."""
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{master_port}/dir/status", timeout=2) as response:
+            topology = json.load(response)["Topology"]
+    except (OSError, ValueError, KeyError):
+        return False
+    registered = sum(
+        node.get("Volumes", 0)
+        for center in topology.get("DataCenters") or []
+        for rack in center.get("Racks") or []
+        for node in rack.get("DataNodes") or []
+    )
+    return registered >= expected
 
 
 def stop_seaweed(server: SeaweedServer, timeout: float = 20.0) -> None:
