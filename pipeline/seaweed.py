@@ -40,8 +40,7 @@ class SeaweedServer:
     access_key: str
     secret_key: str
     pid: int | None = None
-    # master, volume, filer and admin ports: pass them (with s3_port and the same data_dir) to
-    # start_seaweed to restart the same server on the same ports
+    # master, volume, filer and admin ports, which restart_seaweed reuses
     other_ports: list[int] | None = None
 
     @property
@@ -215,6 +214,15 @@ def stop_seaweed(server: SeaweedServer, timeout: float = 20.0) -> None:
     except ProcessLookupError:
         pass
     _reap(server.pid)
+
+
+def restart_seaweed(server: SeaweedServer, down_seconds: float = 0.0) -> SeaweedServer:
+    """Stop the server, leave it down for down_seconds, and start it again on the same data, ports
+    and credentials; returns the new server once it serves the objects it held."""
+    stop_seaweed(server)
+    time.sleep(down_seconds)
+    return start_seaweed(server.data_dir, s3_port=server.s3_port, other_ports=server.other_ports,
+                         access_key=server.access_key, secret_key=server.secret_key)
 
 
 def _reap(pid: int) -> None:

@@ -4,7 +4,7 @@ once started (or restarted on its old data) it serves the objects it already hol
 
 from __future__ import annotations
 
-from pipeline.seaweed import MIN_VOLUMES, start_seaweed, stop_seaweed, volume_count
+from pipeline.seaweed import MIN_VOLUMES, restart_seaweed, start_seaweed, stop_seaweed, volume_count
 from pipeline.storage.s3 import S3Store
 from tests.conftest import new_s3_store
 
@@ -47,9 +47,7 @@ def test_a_restarted_server_serves_its_old_objects_as_soon_as_it_is_started(tmp_
         for i, store in enumerate(stores):
             store.put_bytes("object", b"%d" % i)
         for _restart in range(3):
-            stop_seaweed(server)
-            server = start_seaweed(server.data_dir, s3_port=server.s3_port, other_ports=server.other_ports,
-                                   access_key=server.access_key, secret_key=server.secret_key)
+            server = restart_seaweed(server)
             for i, store in enumerate(stores):
                 # one attempt, no retry: nothing may hide a server that is not ready yet
                 once = S3Store(store.bucket, store.prefix, endpoint_url=server.endpoint_url, max_attempts=1,

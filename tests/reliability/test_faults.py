@@ -33,7 +33,7 @@ from pipeline.artifacts import (
     list_versions, read_manifest,
 )
 from pipeline.config import load_config
-from pipeline.seaweed import start_seaweed, stop_seaweed
+from pipeline.seaweed import restart_seaweed, start_seaweed, stop_seaweed
 from pipeline.storage import S3Store, StoreError, join_key, open_store
 from tests.conftest import REPO
 from tests.flows.helpers import write_config
@@ -186,11 +186,7 @@ def own_seaweed(tmp_path):
 
 
 def restart(servers: list, after_down_seconds: float) -> None:
-    server = servers[-1]
-    stop_seaweed(server)
-    time.sleep(after_down_seconds)
-    servers.append(start_seaweed(server.data_dir, s3_port=server.s3_port, other_ports=server.other_ports,
-                                 access_key=server.access_key, secret_key=server.secret_key))
+    servers.append(restart_seaweed(servers[-1], after_down_seconds))
 
 
 def disrupt_when_a_unit_is_done(servers: list, store: S3Store, prefix: str, down_seconds: float,
