@@ -15,7 +15,7 @@ extracted and normalised by the clean stage's own code (tasks.clean.extract, nor
 1. Near-duplicate quality. The truth is every pair of documents whose shingle sets (the stage's own
    5-word / 5-character shingles, as text) have an exact Jaccard similarity >= 0.8, found exhaustively
    with the AllPairs prefix-filtering join (exact: no pair above the threshold can be missed) and
-   verified on the full sets. The stage's LSH (pipeline.minhash.MinHasher with pipeline.yaml's
+   verified on the full sets. The stage's LSH (corpus.minhash.MinHasher with pipeline.yaml's
    defaults: 112 permutations, 14 bands x 8 rows) gives candidate pairs (documents sharing a band key)
    and clusters (the stage's union-find). Reported: recall of the true pairs among the candidates and
    within clusters; precision = the share of candidate pairs whose exact Jaccard is >= 0.8 (and, for
@@ -179,7 +179,7 @@ def clusters_of(keys: list[list[int]]) -> list[int]:
 
 
 def quality(documents: list[dict]) -> dict:
-    from pipeline.minhash import shingles
+    from corpus.minhash import shingles
 
     started = time.perf_counter()
     sets = [frozenset(shingles(d["text"], 5, d["chars"])) for d in documents]
@@ -233,7 +233,7 @@ def speed(documents: list[dict], repeats: int) -> dict:
     from datasketch import MinHash
 
     from pipeline.config import DedupConfig
-    from pipeline.minhash import exact_key, shingles, token_hashes
+    from corpus.minhash import exact_key, shingles, token_hashes
     from tasks.dedup import hasher
 
     minhash = hasher(DedupConfig())

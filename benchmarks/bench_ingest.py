@@ -16,7 +16,7 @@ Run from the repository root:
      fingerprint  pipeline.sources.list_inputs (sha256 of every input: part of the version)
      ceiling      bare FastWARC: ArchiveIterator(open(f, 'rb'), parse_http=True), every payload read
      ceiling_native_io  the same, FastWARC given the path
-     reader       pipeline.raw_formats.read_warc alone (the product's reader, nothing written)
+     reader       corpus.raw_formats.read_warc alone (the product's reader, nothing written)
      ingest_w1    tasks.ingest.run_ingest, 1 worker, into a fresh LocalStore
      ingest_w2    the same with 2 worker processes
      ingest_s3_w1 1 worker into a real SeaweedFS S3 store (pipeline.seaweed)
@@ -422,7 +422,7 @@ def measure_ceiling(repeats: int, native: bool = False) -> dict:
 
 
 def measure_reader(repeats: int) -> dict:
-    from pipeline.raw_formats import Limits, RawDoc, read_warc
+    from corpus.raw_formats import Limits, RawDoc, read_warc
 
     _, settings = _source_and_settings(1)
     limits = Limits(int(settings.max_record_mb * MB), tuple(settings.html_content_types),
@@ -600,7 +600,7 @@ DESCRIPTIONS = {
     "fingerprint": "list_inputs: sha256 of every input (part of the version)",
     "ceiling": "bare FastWARC, open(f,'rb'), parse_http, every payload read",
     "ceiling_native_io": "bare FastWARC given the path (its own file reader)",
-    "reader": "pipeline.raw_formats.read_warc alone, nothing written",
+    "reader": "corpus.raw_formats.read_warc alone, nothing written",
     "ingest_w1": "run_ingest, 1 worker, LocalStore (default writer_thread=auto: on, 2 cores >= 2x1)",
     "ingest_w1_single": "run_ingest, 1 worker, LocalStore, writer_thread=false (one core)",
     "ingest_w2": "run_ingest, 2 workers, LocalStore (writer_thread=auto: off, 2 cores < 2x2)",

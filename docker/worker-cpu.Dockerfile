@@ -21,6 +21,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
+COPY corpus ./corpus
 COPY tasks ./tasks
 COPY flows ./flows
 COPY model ./model

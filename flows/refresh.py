@@ -27,6 +27,7 @@ from pipeline.artifacts import read_manifest
 from pipeline.config import ConfigError
 from pipeline.runs import get_ref, list_runs
 from pipeline.storage import ObjectStore
+from flows.dag import completed, run_later_phases, run_source_chain
 from tasks.dedup import dedup_task
 from tasks.filter import filter_task
 from tasks.stage import RunContext, stage_result
@@ -82,8 +83,6 @@ def refresh_artifacts(ctx: RunContext) -> list[str]:
 
 def run_refresh(ctx: RunContext, flow: str) -> dict[str, Any]:
     """The refresh DAG; returns the state of every stage, by artifact name."""
-    from flows.pretrain_pipeline import completed, run_later_phases, run_source_chain
-
     config, store, logger = ctx.config, ctx.store, get_run_logger()
     if not config.cpt.enabled:
         raise ConfigError("cpt.enabled: the refresh continues pretraining on the domain sources; set it to true")

@@ -89,7 +89,7 @@ class OrderedData:
     def __init__(self, shards: list[str], order: str):
         import pyarrow as pa
 
-        from pipeline.token_shards import read_tokens, sequences
+        from corpus.token_shards import read_tokens, sequences
 
         self.rows = [sequences(read_tokens(path)) for path in shards]
         self.masks = []

@@ -231,7 +231,7 @@ def cmd_stack(args) -> int:
 
 
 def _stage_order(artifact: str) -> tuple:
-    from flows.pretrain_pipeline import STAGES
+    from flows.dag import STAGES
 
     stage, _, source = artifact.partition("/")
     return (STAGES.index(stage) if stage in STAGES else len(STAGES), source)

@@ -368,9 +368,9 @@ class FilterConfig(DataStageConfig):
 
     @model_validator(mode="after")
     def _settings_build(self) -> "FilterConfig":
-        from .pii import PiiRedactor
-        from .quality_rules import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
-        from .toxicity import WordListToxicity
+        from corpus.pii import PiiRedactor
+        from corpus.quality_rules import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
+        from corpus.toxicity import WordListToxicity
 
         for name, factory in (("gopher_quality", GopherQuality), ("gopher_repetition", GopherRepetition),
                               ("c4", C4Quality), ("fineweb", FineWebQuality), ("toxicity", WordListToxicity),

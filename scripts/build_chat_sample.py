@@ -5,7 +5,7 @@ Real-looking conversations about real pages: for every English page of the sampl
 and the JSONL documents whose URL is in an English locale) with a title and a first paragraph of at
 least 20 words, two conversations — what the page is about (answer: its first paragraph, up to three
 sentences), and a question naming the page's topic with a follow-up turn. Each line is a chat JSONL
-object {"id", "source_url", "messages": [...]} that pipeline.chat.parse_chat_line accepts. Users
+object {"id", "source_url", "messages": [...]} that corpus.chat.parse_chat_line accepts. Users
 bring their own chat sets in the same format.
 
     python scripts/build_chat_sample.py        # rewrites the file (byte-identical for the same sample)

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from pipeline.artifacts import ArtifactWriter, StageSpec, fetch_verified, files_with_role, read_manifest, upload_file
 from pipeline.config import DedupConfig
-from pipeline.minhash import MinHasher, exact_key, token_hashes
+from corpus.minhash import MinHasher, exact_key, token_hashes
 from pipeline.runs import get_ref
 from pipeline.shards import LANGID_SCHEMA, QUARANTINE_SCHEMA
 from pipeline.storage import ObjectStore

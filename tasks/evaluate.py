@@ -10,7 +10,7 @@ if it is another one):
   lm-evaluation-harness (the unconditional context is the end-of-text token);
 - `cloze` (true continuation among distractors from other held-out documents; the same metrics) and
   `last_word` (LAMBADA-style greedy accuracy), generated from the held-out documents
-  (pipeline/eval_tasks.py);
+  (corpus/eval_tasks.py);
 - the loss on held-out assistant turns (the IFT artifact's val/ rows, masked as in training).
 
 The results (results.json, a table with the deltas against the base) are committed as the artifact;
@@ -38,11 +38,11 @@ import numpy as np
 from model.scoring import ChoiceItem, last_word_accuracy, multiple_choice, perplexity, torch_scorer
 from pipeline.artifacts import ArtifactWriter, StageSpec, fetch_verified, files_with_role, read_manifest, sha256_file
 from pipeline.config import EvalConfig
-from pipeline.decontamination import eval_files
-from pipeline.eval_tasks import Document, TextItem, cloze_items, last_word_items, load_multiple_choice
+from corpus.decontamination import eval_files
+from corpus.eval_tasks import Document, TextItem, cloze_items, last_word_items, load_multiple_choice
 from pipeline.runs import get_ref, set_ref
 from pipeline.storage import ObjectStore
-from pipeline.token_shards import read_tokens, sequences
+from corpus.token_shards import read_tokens, sequences
 from pipeline.units import read_shard
 from prefect import task
 from prefect.cache_policies import NO_CACHE

@@ -24,13 +24,13 @@ from typing import Any, Callable
 from pipeline.artifacts import ArtifactWriter, StageSpec
 from pipeline.artifacts import sha256_file
 from pipeline.config import FilterConfig
-from pipeline.decontamination import EvalNgramIndex, eval_files, load_eval_items
-from pipeline.pii import PiiRedactor
-from pipeline.quality_classifier import QualityClassifier
-from pipeline.quality_rules import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
+from corpus.decontamination import EvalNgramIndex, eval_files, load_eval_items
+from corpus.pii import PiiRedactor
+from corpus.quality_classifier import QualityClassifier
+from corpus.quality_rules import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
 from pipeline.shards import LANGID_SCHEMA, QUARANTINE_SCHEMA
 from pipeline.storage import ObjectStore
-from pipeline.toxicity import WordListToxicity
+from corpus.toxicity import WordListToxicity
 from pipeline.units import ShardUnit, UnitOutput, read_shard, resolve_writer_thread, run_shard_stage
 from prefect import task
 from prefect.cache_policies import NO_CACHE

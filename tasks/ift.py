@@ -1,7 +1,7 @@
 """IFT stage: instruction fine-tuning (`ift`) of the CPT model (or the pretrained one when CPT is off)
 on chat JSONL.
 
-1. Data: every line of `ift.chat_files` (JSONL or .jsonl.zst) is validated (pipeline/chat.py); a line
+1. Data: every line of `ift.chat_files` (JSONL or .jsonl.zst) is validated (corpus/chat.py); a line
    that is not a valid conversation, is longer than `max_line_mb`, or whose encoding does not fit one
    row of seq_len + 1 tokens (`too_long`) is quarantined with its reason (quarantine.parquet, same
    columns as ingest's) and counted; a file that cannot be read to the end (`unreadable_file`, e.g. a
@@ -9,7 +9,7 @@ on chat JSONL.
 2. Split: a conversation is held out (val) when a hash of its messages falls below `val_fraction`.
 3. Encoding: the chat template on the tokenizer's role tokens; loss mask 1 on the assistant contents
    and the <|end|> closing them, 0 elsewhere; conversations are packed, several per row, never split
-   (pipeline/chat.py ChatPacker), into token shards with the `loss_mask` column (train/ and val/).
+   (corpus/chat.py ChatPacker), into token shards with the `loss_mask` column (train/ and val/).
 4. Training: the same trainer from the starting weights, `epochs` passes over the train rows in a seeded
    order per epoch, a re-warmed learning rate; full fine-tuning or LoRA (`ift.method: lora`; adapters
    merged into the exported weights). Loss is computed on masked positions only.
@@ -36,12 +36,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.artifacts import ArtifactWriter, StageSpec, fetch_verified, files_with_role, sha256_file
-from pipeline.chat import ChatPacker, ChatReject, ChatTemplate, parse_chat_line, read_lines
+from corpus.chat import ChatPacker, ChatReject, ChatTemplate, parse_chat_line, read_lines
 from pipeline.config import IftConfig, TrainConfig
-from pipeline.decontamination import eval_files
+from corpus.decontamination import eval_files
 from pipeline.shards import QUARANTINE_SCHEMA
 from pipeline.storage import ObjectStore
-from pipeline.token_shards import TokenShardWriter, token_dtype, token_schema
+from corpus.token_shards import TokenShardWriter, token_dtype, token_schema
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from pipeline.artifacts import ArtifactWriter, StageSpec
 from pipeline.config import HtmlSource, IngestConfig, JsonlSource, StorageConfig, WarcSource
-from pipeline.raw_formats import Item, Limits, RawDoc, Reject, read_html_file, read_jsonl, read_warc
+from corpus.raw_formats import Item, Limits, RawDoc, Reject, read_html_file, read_jsonl, read_warc
 from pipeline.shards import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA, ShardWriter
 from pipeline.sources import InputFile, list_inputs, local_copy
 from pipeline.storage import ObjectStore

@@ -2,7 +2,7 @@
 
 `train_quality_model` reads the positive (high-quality) and negative examples from document artifacts
 (`filter/docs`, `filter/docs@<version>`) or local files (.jsonl with a `text` field, or .txt with
-one document per line; either may be .gz or .zst compressed), trains with `pipeline.quality_classifier` and commits
+one document per line; either may be .gz or .zst compressed), trains with `corpus.quality_classifier` and commits
 `quality-model/<name>` with the model file and its holdout metrics; the ref `quality-model/<name>` then
 points at it. The version is content-derived like every stage's, so training again on the same inputs
 and settings returns the committed model. `resolve_classifier_model` turns the filter's
@@ -24,8 +24,8 @@ from typing import Callable, Iterator
 from pipeline.artifacts import (VERSION_RE, ArtifactWriter, StageSpec, fetch_verified, files_with_role, list_versions,
                                 read_manifest, sha256_file)
 from pipeline.config import QualityModelConfig
-from pipeline.quality_classifier import train_classifier
-from pipeline.raw_formats import open_text_stream
+from corpus.quality_classifier import train_classifier
+from corpus.raw_formats import open_text_stream
 from pipeline.runs import get_ref, set_ref
 from pipeline.storage import ObjectStore
 from pipeline.units import read_shard

@@ -3,10 +3,10 @@
 
 Each work unit (one filtered document shard, in parallel over processes) streams its documents,
 encodes them with the tokenizer artifact in batches (`encode_batch`, one thread per worker process:
-`workers` is the parallelism), and packs them with pipeline.token_shards.Packer into rows of
+`workers` is the parallelism), and packs them with corpus.token_shards.Packer into rows of
 seq_len + 1 ids, end-of-text after each document. A document goes to the validation split when a hash
 of its id falls below `val_fraction`, so the split is the same on every rerun. Each unit's last partial
-row per split is padded (see pipeline/token_shards.py). Files: `train/<unit>-NNNN.arrow`,
+row per split is padded (see corpus/token_shards.py). Files: `train/<unit>-NNNN.arrow`,
 `val/<unit>-NNNN.arrow`, each listed in the manifest with its split, sequences, tokens (without padding)
 and documents (end-of-text tokens in it).
 
@@ -26,7 +26,7 @@ import numpy as np
 from pipeline.artifacts import ArtifactWriter, StageSpec, upload_file
 from pipeline.config import TokenizeConfig
 from pipeline.storage import ObjectStore
-from pipeline.token_shards import Packer, TokenShardWriter, token_dtype, token_schema
+from corpus.token_shards import Packer, TokenShardWriter, token_dtype, token_schema
 from pipeline.units import ShardUnit, UnitOutput, read_shard, run_shard_stage
 from prefect import task
 from prefect.cache_policies import NO_CACHE

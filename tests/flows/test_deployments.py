@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from flows.pretrain_pipeline import GLOBAL_STAGES, STAGES
+from flows.dag import GLOBAL_STAGES, STAGES
 from pipeline import stack as local_stack
 from pipeline.runs import read_run
 from pipeline.seaweed import free_port_block

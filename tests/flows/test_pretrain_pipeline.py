@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.pretrain_pipeline import GLOBAL_STAGES, STAGES
+from flows.dag import GLOBAL_STAGES, STAGES
 from pipeline.artifacts import list_versions, read_manifest
 from pipeline.config import ConfigError, load_config
 from pipeline.sources import list_inputs

@@ -17,7 +17,7 @@ import pytest
 
 from model.gpt import GPT, GPTConfig
 from model.train import Schedule, deepspeed_config, free_port, micro_positions, parameter_groups
-from pipeline.token_shards import TokenShardWriter, token_schema
+from corpus.token_shards import TokenShardWriter, token_schema
 from tests.conftest import REPO
 
 SEQ = 32

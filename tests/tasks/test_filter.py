@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import ConfigError, FilterConfig, WarcSource, validate_config
-from pipeline.pii import EMAIL_TOKEN
+from corpus.pii import EMAIL_TOKEN
 from pipeline.storage import LocalStore
 from tasks.filter import RuleInputs, build_rules, filter_document, filter_spec, new_counts, resolve_rule_inputs
 from tests.conftest import REPO, SAMPLE
@@ -117,7 +117,7 @@ def test_eval_sets_resolve_by_content_and_bad_ones_fail_clearly(tmp_path):
 
 def test_the_quality_classifier_rule_removes_what_the_model_scores_low(tmp_path):
     from pipeline.config import QualityModelConfig
-    from pipeline.quality_classifier import train_classifier
+    from corpus.quality_classifier import train_classifier
     from tests.pipeline.test_quality_classifier import curated_paragraphs, spam_documents
 
     good = list(curated_paragraphs())

@@ -33,7 +33,7 @@ def test_ift_quarantines_bad_lines_and_lowers_held_out_assistant_loss(model_phas
 def test_the_export_carries_the_chat_template(model_phases, tmp_path):
     from transformers import AutoTokenizer
 
-    from pipeline.chat import ChatTemplate
+    from corpus.chat import ChatTemplate
 
     phases = model_phases
     hf = chain.hf_directory(phases.store, phases.ift, tmp_path / "hf")

@@ -583,7 +583,7 @@ def test_rebuild_token_gives_a_new_version_with_the_same_data(tmp_path):
 
 
 def test_document_id_is_stable():
-    from pipeline.raw_formats import RawDoc
+    from corpus.raw_formats import RawDoc
 
     doc = RawDoc("offset=0", b"x", "text/html", native_id="<urn:uuid:1>")
     assert document_id("web", "a.warc.gz", doc) == document_id("web", "elsewhere.warc.gz", doc)

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.artifacts import fetch_verified, files_with_role
 from pipeline.config import TokenizeConfig
-from pipeline.token_shards import read_tokens, sequences
+from corpus.token_shards import read_tokens, sequences
 from tasks.tokenize import split_of
 from tasks.tokenizer import load_tokenizer
 from tests.tasks import chain

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.chat import ChatPacker, ChatReject, ChatTemplate, parse_chat_line, read_lines
+from corpus.chat import ChatPacker, ChatReject, ChatTemplate, parse_chat_line, read_lines
 
 CONVERSATION = [
     {"role": "system", "content": "You answer questions about the Debian installer."},

@@ -4,7 +4,7 @@ dolma and DCLM) with an evaluation item, and say which items they hit.
 Text is compared on lowercased word tokens (`\\w+`, the dedup stage's tokens), so punctuation, case
 and spacing differences do not hide an overlap. Eval items shorter than n words are indexed whole
 (their full token sequence), so a short question is still caught when it appears verbatim. N-grams are
-64-bit hashes combining the token hashes of pipeline.minhash, computed for a whole document at once
+64-bit hashes combining the token hashes of corpus.minhash, computed for a whole document at once
 with numpy; the index is a sorted array of them per n-gram length (8 bytes per eval n-gram) plus a
 map from hash to item ids that is consulted only on a hit.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.pii import EMAIL_TOKEN, IP_TOKEN, PHONE_TOKEN, PiiRedactor
+from corpus.pii import EMAIL_TOKEN, IP_TOKEN, PHONE_TOKEN, PiiRedactor
 
 
 @pytest.mark.parametrize("text, expected, counts", [

@@ -55,7 +55,7 @@ def _ids(words: list[str]) -> np.ndarray:
 
 def _gram_keys(ids: np.ndarray, n: int) -> np.ndarray:
     """One integer per word n-gram, equal exactly when the n-grams are: the ids in base 2^k (exact
-    while n * k <= 64 bits), else the 64-bit polynomial hash of pipeline.minhash (collisions ~2^-64)."""
+    while n * k <= 64 bits), else the 64-bit polynomial hash of corpus.minhash (collisions ~2^-64)."""
     bits = max(int(ids.max()).bit_length(), 1) if len(ids) else 1
     if n * bits > 64:
         return combine(ids, n)

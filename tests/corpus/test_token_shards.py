@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipeline.token_shards import Packer, TokenShardWriter, read_tokens, sequences, token_dtype, token_schema
+from corpus.token_shards import Packer, TokenShardWriter, read_tokens, sequences, token_dtype, token_schema
 
 EOS, PAD = 0, 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.quality_rules import (
+from corpus.quality_rules import (
     C4Quality,
     FineWebQuality,
     GopherQuality,
@@ -149,7 +149,7 @@ def _walk(words: list[str], n: int) -> int:
 def test_duplicated_ngram_chars_equals_the_literal_walk_on_repetitive_texts():
     import random
 
-    from pipeline.quality_rules import duplicated_ngram_chars
+    from corpus.quality_rules import duplicated_ngram_chars
 
     rng = random.Random(7)
     for _ in range(300):

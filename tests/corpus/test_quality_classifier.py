@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from pipeline.config import QualityModelConfig
-from pipeline.quality_classifier import HQ, LQ, QualityClassifier, _hq_probability, prepare, train_classifier
+from corpus.quality_classifier import HQ, LQ, QualityClassifier, _hq_probability, prepare, train_classifier
 from tests.raw_inputs import english_paragraphs
 
 SAMPLE_JSONL = Path(__file__).resolve().parents[2] / "data" / "sample" / "jsonl" / "sample-text-00000.jsonl.zst"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.toxicity import DEFAULT_LISTS, WordListToxicity
+from corpus.toxicity import DEFAULT_LISTS, WordListToxicity
 
 CLEAN_TEXT = ("The installer assesses the class of your hardware, then passes the partitioning "
               "step to the assistant; this is classic Debian.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.minhash import MinHasher, candidate_probability, exact_key, jaccard, shingles, token_hashes, tokens
+from corpus.minhash import MinHasher, candidate_probability, exact_key, jaccard, shingles, token_hashes, tokens
 from tests.raw_inputs import english_paragraphs
 
 PROSE = " ".join(english_paragraphs()[:4])

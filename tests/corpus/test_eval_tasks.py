@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipeline.eval_tasks import Document, TextItem, cloze_items, last_word_items, load_multiple_choice
+from corpus.eval_tasks import Document, TextItem, cloze_items, last_word_items, load_multiple_choice
 from tests.conftest import SAMPLE
 
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-from .config import QualityModelConfig
+from pipeline.config import QualityModelConfig
 
 HQ = "__label__hq"
 LQ = "__label__lq"

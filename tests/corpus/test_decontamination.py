@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.decontamination import EvalNgramIndex
+from corpus.decontamination import EvalNgramIndex
 from tests.raw_inputs import english_paragraphs
 
 PARAGRAPHS = english_paragraphs()
