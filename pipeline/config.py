@@ -259,6 +259,16 @@ class DedupConfig(DataStageConfig):
         None, description="an earlier dedup artifact version, or the name of a ref pointing at one: documents "
                           "duplicating what it (and the runs before it) kept are removed too",
     )
+    partition: Literal["language", "none"] = Field(
+        "language", description="language: documents only cluster with documents of the same language (a routed "
+                                "partition's, for routed documents), globally within it, as FineWeb-2 does; "
+                                "none: every document with every other",
+    )
+    url_dedup: bool = Field(False, description="keep one document per normalised URL (removed: duplicate_url)")
+    url_keep: Literal["longest", "newest"] = Field(
+        "longest", description="the document kept for a URL: the longest text, or the newest fetch_date (ties: "
+                               "input order)",
+    )
     removed_sample_bytes: int = Field(2048, ge=0, le=1 << 20)
 
     @model_validator(mode="after")

@@ -28,7 +28,7 @@ from corpus.decontamination import EvalNgramIndex, eval_files, load_eval_items
 from corpus.pii import PiiRedactor
 from corpus.quality_classifier import QualityClassifier
 from corpus.quality_rules import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
-from pipeline.shards import LANGID_SCHEMA, QUARANTINE_SCHEMA
+from pipeline.shards import DEDUP_SCHEMA, QUARANTINE_SCHEMA
 from pipeline.storage import ObjectStore
 from corpus.toxicity import WordListToxicity
 from pipeline.units import ShardUnit, UnitOutput, read_shard, resolve_writer_thread, run_shard_stage
@@ -176,7 +176,7 @@ def filter_shard(job: FilterJob, unit: ShardUnit) -> dict:
     rules = rules_for_job(job)
     counts = new_counts()
     with UnitOutput(job.store, job.prefix, unit.key, settings, STAGE) as out:
-        kept = out.writer("data", LANGID_SCHEMA, "documents", "text",
+        kept = out.writer("data", DEDUP_SCHEMA, "documents", "text",
                           background=resolve_writer_thread("auto", settings.workers))
         removed = out.writer("removed", QUARANTINE_SCHEMA, "removed", "sample")
         for batch in read_shard(job.store, job.upstream, unit.entry, out.scratch):
@@ -187,10 +187,11 @@ def filter_shard(job: FilterJob, unit: ShardUnit) -> dict:
                 if reason is not None:
                     counts["removed"][reason] = counts["removed"].get(reason, 0) + 1
                     removed.add((row["source"], row["id"], reason, f"lang {row['lang']}", len(row["text"]),
-                                 row["text"].encode()[: settings.removed_sample_bytes]))
+                                 row["text"][: settings.removed_sample_bytes].encode()[: settings.removed_sample_bytes]))
                     continue
                 counts["documents"] += 1
-                kept.add(tuple({**row, "text": text}[name] for name in LANGID_SCHEMA.names))
+                # minhash_cluster_size is null where the input did not go through dedup
+                kept.add(tuple({**row, "text": text}.get(name) for name in DEDUP_SCHEMA.names))
         files = out.close()
     return {"unit": unit.key, "files": files, "counts": counts}
 
