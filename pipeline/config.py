@@ -443,6 +443,41 @@ class TokenizeConfig(ParallelStageConfig):
                                  json_schema_extra=UNVERSIONED)
 
 
+FINEWEB2_REHYDRATION = {1: 1, 2: 2, 3: 3, 5: 5, 100: 8, 1000: 1}
+
+
+class RehydrationConfig(Section):
+    """Upsampling kept documents by the size of the duplicate cluster they stood for (FineWeb-2's
+    "rehydration"): a sequence is repeated by the weight of the cluster size of its main document."""
+
+    enabled: bool = Field(False, description="repeat each sequence by the weight of its cluster size")
+    weights: dict[int, int] = Field(
+        FINEWEB2_REHYDRATION,
+        description="cluster size from which a weight applies -> times a sequence is repeated (FineWeb-2's table: "
+                    "1 -> 1, 2 -> 2, 3 -> 3, 4 -> 3, 5-99 -> 5, 100-999 -> 8, 1000+ -> 1)",
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_cover_every_size(cls, weights: dict[int, int]) -> dict[int, int]:
+        if 1 not in weights:
+            raise ValueError("needs a weight for cluster size 1 (documents without duplicates)")
+        bad = {size: times for size, times in weights.items() if size < 1 or times < 0}
+        if bad:
+            raise ValueError(f"cluster sizes must be >= 1 and weights >= 0, got {bad}")
+        if not any(weights.values()):
+            raise ValueError("at least one weight must be positive")
+        return dict(sorted(weights.items()))
+
+    def repeats(self, sizes):
+        """The weight of each cluster size (a numpy array of sizes)."""
+        import numpy as np
+
+        limits = np.array(list(self.weights), dtype=np.int64)
+        times = np.array(list(self.weights.values()), dtype=np.int64)
+        return times[np.searchsorted(limits, np.maximum(sizes, 1), side="right") - 1]
+
+
 class MixtureConfig(Section):
     """How many sequences of each source training reads, and in which order."""
 
@@ -460,6 +495,7 @@ class MixtureConfig(Section):
     max_epochs: float = Field(4.0, gt=0, description="cap on the repeats of any source; the rest of its share "
                                                       "goes to the other sources")
     seed: int = Field(0, ge=0, description="seed of the sampling and of the global order")
+    rehydration: RehydrationConfig = RehydrationConfig()
 
     @field_validator("weights")
     @classmethod

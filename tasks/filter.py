@@ -39,7 +39,7 @@ from .quality_model import resolve_classifier_model
 from .stage import RunContext, execute_stage, upstream_manifest
 
 STAGE = "filter"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: minhash_cluster_size carried through
 
 
 @dataclass(frozen=True)
