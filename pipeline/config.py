@@ -718,9 +718,20 @@ class ClusterConfig(Section):
         return value
 
 
+DATA_ONLY_HINT = " (for the data stages only, set stop_after: tokens, or filter)"
+# The stages in DAG order (flows/dag.py runs them), for `stop_after`.
+PIPELINE_STAGES = ("ingest", "clean", "langid", "dedup", "filter", "tokenizer", "tokens", "mixture", "pretrain", "cpt",
+                   "ift", "eval")
+
+
 class PipelineConfig(Section):
     storage: StorageConfig = StorageConfig()
     sources: list[Source] = Field(min_length=1)
+    stop_after: Literal[PIPELINE_STAGES] | None = Field(  # type: ignore[valid-type]
+        None, json_schema_extra=UNVERSIONED,
+        description="the last stage a run executes (e.g. filter or tokens for the data stages only); the "
+                    "sections of the stages after it are then not checked; null: the whole DAG",
+    )
     ingest: IngestConfig = IngestConfig()
     clean: CleanConfig = CleanConfig()
     langid: LangidConfig = LangidConfig()
@@ -745,17 +756,21 @@ class PipelineConfig(Section):
             if source.name in seen:
                 raise ValueError(f"sources: duplicate source name {source.name!r}; names must be unique")
             seen.add(source.name)
-        for key, mapping in (("clean.extractor_by_source", self.clean.extractor_by_source),
-                             ("filter.per_source", self.filter.per_source), ("mixture.weights", self.mixture.weights)):
+        checked = [("clean.extractor_by_source", self.clean.extractor_by_source),
+                   ("filter.per_source", self.filter.per_source)]
+        if self.runs("mixture"):
+            checked.append(("mixture.weights", self.mixture.weights))
+        for key, mapping in checked:
             unknown = sorted(set(mapping) - seen)
             if unknown:
-                raise ValueError(f"{key}: no source named {unknown}; sources: {sorted(seen)}")
+                hint = DATA_ONLY_HINT if key == "mixture.weights" else ""
+                raise ValueError(f"{key}: no source named {unknown}; sources: {sorted(seen)}{hint}")
         return self
 
     @model_validator(mode="after")
     def _model_fits(self) -> "PipelineConfig":
         sizes = self.model.size()
-        if sizes["n_positions"] < self.tokenize.seq_len:
+        if self.runs("pretrain") and sizes["n_positions"] < self.tokenize.seq_len:
             raise ValueError(f"tokenize.seq_len {self.tokenize.seq_len} exceeds the model's n_positions "
                              f"{sizes['n_positions']}")
         return self
@@ -763,17 +778,23 @@ class PipelineConfig(Section):
     @model_validator(mode="after")
     def _phases_have_data(self) -> "PipelineConfig":
         general = [source.name for source in self.sources if source.role == "general"]
-        if not general:
-            raise ValueError("sources: at least one source needs role: general (pretraining reads those)")
-        domain_weighted = sorted(set(self.mixture.weights) - set(general))
-        if domain_weighted:
-            raise ValueError(f"mixture.weights: {domain_weighted} have role: domain; pretraining's mixture reads "
-                             f"the general sources {general} (domain sources are read by cpt)")
-        if self.cpt.enabled and not self.domain_sources():
-            raise ValueError("cpt.enabled: continued pretraining needs at least one source with role: domain")
-        if self.ift.enabled and not self.ift.chat_files:
+        if self.runs("mixture"):
+            if not general:
+                raise ValueError("sources: at least one source needs role: general (pretraining reads those)")
+            domain_weighted = sorted(set(self.mixture.weights) - set(general))
+            if domain_weighted:
+                raise ValueError(f"mixture.weights: {domain_weighted} have role: domain; pretraining's mixture reads "
+                                 f"the general sources {general} (domain sources are read by cpt)")
+        if self.runs("cpt") and self.cpt.enabled and not self.domain_sources():
+            raise ValueError("cpt.enabled: continued pretraining needs at least one source with role: domain"
+                             + DATA_ONLY_HINT)
+        if self.runs("ift") and self.ift.enabled and not self.ift.chat_files:
             raise ValueError("ift.chat_files: instruction fine-tuning needs at least one chat JSONL file or pattern")
         return self
+
+    def runs(self, stage: str) -> bool:
+        """Whether a run gets as far as `stage` (stop_after)."""
+        return self.stop_after is None or PIPELINE_STAGES.index(stage) <= PIPELINE_STAGES.index(self.stop_after)
 
     def domain_sources(self) -> list[str]:
         return [source.name for source in self.sources if source.role == "domain"]

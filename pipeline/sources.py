@@ -69,13 +69,47 @@ def list_inputs(source: WarcSource | JsonlSource | HtmlSource, storage: StorageC
                 base_dir: Path | None = None) -> list[InputFile]:
     """Every input file of a source, sorted by relative path. Raises SourceError if there are none."""
     patterns = source.include or DEFAULT_INCLUDE[source.kind]
-    if source.location.startswith("s3://"):
-        files = _list_s3(source.location, patterns, source.endpoint_url or storage.endpoint_url, storage)
-    else:
-        files = _list_local(source.location, patterns, base_dir)
+    try:
+        if source.location.startswith("s3://"):
+            files = _list_s3(source.location, patterns, source.endpoint_url or storage.endpoint_url, storage)
+        else:
+            files = _list_local(source.location, patterns, base_dir)
+    except SourceError as exc:
+        raise SourceError(f"sources.{source.name}.location: {exc}") from None
     if not files:
         raise SourceError(f"sources.{source.name}.location: no input files matching {patterns} at {source.location}")
     return files
+
+
+def check_location(source: WarcSource | JsonlSource | HtmlSource, storage: StorageConfig,
+                   base_dir: Path | None = None) -> None:
+    """Raise SourceError, naming `sources.<name>.location`, unless the location exists and can be read: a
+    local file or directory, or an s3:// prefix that lists at least one object. Missing S3 credentials
+    raise botocore's NoCredentialsError."""
+    key = f"sources.{source.name}.location"
+    if source.location.startswith("s3://"):
+        from botocore.exceptions import ClientError
+
+        from .storage.s3 import make_s3_client
+
+        bucket, prefix = split_s3_uri(source.location)
+        client = make_s3_client(source.endpoint_url or storage.endpoint_url, storage.region, storage.max_attempts)
+        try:
+            listing = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            problem = f"the bucket {bucket!r} does not exist" if code == "NoSuchBucket" else f"cannot list it: {code}"
+            raise SourceError(f"{key}: {source.location}: {problem}") from None
+        if not listing.get("KeyCount"):
+            raise SourceError(f"{key}: {source.location}: no objects under this prefix")
+        return
+    root = Path(source.location)
+    if not root.is_absolute() and base_dir is not None:
+        root = base_dir / root
+    if not root.exists():
+        raise SourceError(f"{key}: {source.location} does not exist (resolved to {root.resolve()})")
+    if not os.access(root, os.R_OK | (os.X_OK if root.is_dir() else 0)):
+        raise SourceError(f"{key}: {source.location} is not readable (permission denied)")
 
 
 def why_unreadable(path: Path, exc: OSError) -> str:
