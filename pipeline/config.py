@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 UNVERSIONED = {"unversioned": True}
 
@@ -338,21 +339,6 @@ FilterRule = Literal["gopher_quality", "gopher_repetition", "c4", "fineweb", "to
 FILTER_RULES = ["gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity", "decontamination"]
 
 
-def _rule_settings(name: str, factory, values: dict) -> dict:
-    """Check a rule's threshold overrides by building the rule: unknown names and bad values fail."""
-    import dataclasses
-
-    allowed = sorted(f.name for f in dataclasses.fields(factory))
-    unknown = sorted(set(values) - set(allowed))
-    if unknown:
-        raise ValueError(f"{name}: unknown setting(s) {unknown}; allowed: {', '.join(allowed)}")
-    try:
-        factory(**values)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: {exc}") from None
-    return values
-
-
 class FilterConfig(DataStageConfig):
     """Heuristic quality rules, a word-list toxicity check and PII redaction, in one pass."""
 
@@ -365,27 +351,41 @@ class FilterConfig(DataStageConfig):
     per_source: dict[str, list[FilterRule]] = Field({}, description="the rules for a source, instead of `rules`")
     stop_word_languages: list[str] = Field(["en"], description="languages the Gopher stop-word rule applies to")
     c4_remove_lines: bool = Field(True, description="keep C4's line removals in the text of kept documents")
-    gopher_quality: dict[str, float | int | bool] = Field({}, description="threshold overrides, e.g. {min_doc_words: 30}")
+    gopher_quality: dict[str, float | int | bool | list[str]] = Field(
+        {}, description="threshold overrides, e.g. {min_doc_words: 30}, and stop_words")
     gopher_repetition: dict[str, float | int | bool | list] = Field({})
     c4: dict[str, float | int | bool] = Field({})
     fineweb: dict[str, float | int | bool] = Field({})
     toxicity: dict[str, float | str] = Field({}, description="{mode: any|ratio, max_ratio: 0.001}")
+    language_thresholds: str | None = Field(
+        None, json_schema_extra=UNVERSIONED,
+        description="a folder of <lang>.yaml files of per-language rule settings and stop words (e.g. FineWeb-2's, "
+                    "data/language_thresholds); relative to pipeline.yaml's directory. The version follows their "
+                    "content, not the path",
+    )
     pii: dict[str, bool] = Field({}, description="{emails, ip_addresses, phone_numbers}: true to redact (default all)")
     classifier: ClassifierConfig = ClassifierConfig()
     toxicity_classifier: ToxicityClassifierConfig = ToxicityClassifierConfig()
     decontamination: DecontaminationConfig = DecontaminationConfig()
     removed_sample_bytes: int = Field(2048, ge=0, le=1 << 20)
+    _languages: dict[str, dict[str, dict[str, Any]]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
-    def _settings_build(self) -> "FilterConfig":
+    def _settings_build(self, info: ValidationInfo) -> "FilterConfig":
+        from corpus.language_thresholds import RULES, load_language_thresholds, rule_settings
         from corpus.pii import PiiRedactor
-        from corpus.quality_rules import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
-        from corpus.toxicity import WordListToxicity
 
-        for name, factory in (("gopher_quality", GopherQuality), ("gopher_repetition", GopherRepetition),
-                              ("c4", C4Quality), ("fineweb", FineWebQuality), ("toxicity", WordListToxicity),
-                              ("pii", PiiRedactor)):
-            _rule_settings(name, factory, getattr(self, name))
+        for name in RULES:
+            rule_settings(name, getattr(self, name))
+        rule_settings("pii", self.pii, PiiRedactor)
+        if self.language_thresholds is not None:
+            folder = Path(self.language_thresholds)
+            if not folder.is_absolute():
+                folder = Path((info.context or {}).get("base_dir") or ".") / folder
+            try:
+                self._languages = load_language_thresholds(folder)
+            except ValueError as exc:
+                raise ValueError(f"language_thresholds: {exc}") from None
         used = [self.rules, *self.per_language.values(), *self.per_source.values()]
         if any("quality_classifier" in rules for rules in used) and not self.classifier.model:
             raise ValueError("the quality_classifier rule is listed but filter.classifier.model is not set "
@@ -394,6 +394,10 @@ class FilterConfig(DataStageConfig):
             raise ValueError("the toxicity_classifier rule is listed but filter.toxicity_classifier.function is not "
                              "set (e.g. profanity_check:predict_prob)")
         return self
+
+    def language_settings(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{lang: {rule: settings}} read from the language_thresholds folder ({} without one)."""
+        return self._languages
 
     def rules_for(self, source: str, lang: str) -> list[str]:
         if source in self.per_source:
@@ -814,7 +818,8 @@ class PipelineConfig(Section):
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> PipelineConfig:
-    """Read pipeline.yaml, apply overrides, validate. Raises ConfigError on any problem."""
+    """Read pipeline.yaml, apply overrides, validate (relative paths in it against its directory). Raises
+    ConfigError on any problem."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -827,12 +832,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None =
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     raw = apply_overrides(raw, overrides)
-    return validate_config(raw, origin=str(path))
+    return validate_config(raw, origin=str(path), base_dir=path.resolve().parent)
 
 
-def validate_config(raw: dict[str, Any], origin: str = "config") -> PipelineConfig:
+def validate_config(raw: dict[str, Any], origin: str = "config", base_dir: Path | None = None) -> PipelineConfig:
     try:
-        return PipelineConfig.model_validate(raw)
+        return PipelineConfig.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
         lines = [format_error(err) for err in exc.errors()]
         raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(lines)) from None
