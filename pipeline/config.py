@@ -912,7 +912,7 @@ def format_error(err: dict[str, Any]) -> str:
     message = err["msg"]
     if kind == "value_error":
         message = message.removeprefix("Value error, ")
-    if not loc:  # a check across sections: the message names the keys; the input is the whole file
+    if not loc or isinstance(err.get("input"), dict):  # a check across keys: the message names them
         return f"{path}: {message}"
     return f"{path}: {message} (got {err.get('input')!r})"
 

@@ -286,7 +286,7 @@ def exact_keys(parts: list[IndexPart]) -> np.ndarray:
 
 def group_ids(settings: DedupConfig, parts: list[IndexPart]) -> np.ndarray | None:
     """A small integer per row for its language group (None when every document is in one group)."""
-    if settings.partition == "none":
+    if settings.partition == "none" or not parts:
         return None
     for part in parts:
         if "group" not in pq.read_schema(part.path).names:
@@ -300,12 +300,11 @@ def rank_of(parts: list[IndexPart], rule: str) -> np.ndarray:
     """Sort keys that put the preferred document first: longest text, earliest or newest fetch_date."""
     if rule == "longest":
         return -read_column(parts, "length").astype(np.int64)
-    if rule in ("earliest", "newest"):
-        dates = read_arrow(parts, "fetch_date").cast(pa.int64()).to_numpy().astype(np.int64) \
-            if parts else np.zeros(0, dtype=np.int64)
-        valid = read_arrow(parts, "fetch_date").is_valid().to_numpy(zero_copy_only=False) \
-            if parts else np.zeros(0, dtype=bool)
+    if rule in ("earliest", "newest") and parts:
+        column = read_arrow(parts, "fetch_date").cast(pa.int64())
+        dates = column.fill_null(0).to_numpy().astype(np.int64)
         dates = dates if rule == "earliest" else -dates
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
         return np.where(valid, dates, np.iinfo(np.int64).max)  # a document without a date comes last
     return np.zeros(sum(part.rows for part in parts), dtype=np.int64)
 
@@ -388,7 +387,9 @@ def cluster_pass(job: DedupJob, writer: ArtifactWriter, signature_entries: list[
         taking_part = np.ones(offset, dtype=bool)
         taking_part[:new_rows] = url_keeper == np.arange(new_rows)
         roots, representative = find_clusters(settings, parts, new_rows, taking_part)
-        representative[:new_rows] = np.where(taking_part[:new_rows], representative[:new_rows], url_keeper)
+        # a URL duplicate points at what was kept in place of its URL's document
+        representative[:new_rows] = np.where(taking_part[:new_rows], representative[:new_rows],
+                                             representative[url_keeper])
         sizes = np.bincount(roots, minlength=offset)
         duplicates = np.flatnonzero(representative[:new_rows] != np.arange(new_rows))
         named = names_of(parts, np.union1d(duplicates, representative[duplicates]))

@@ -181,6 +181,7 @@ def test_a_data_only_config_needs_no_edits_of_the_model_phases(tmp_path):
 
     raw = yaml.safe_load((REPO / "pipeline.yaml").read_text())
     raw["sources"] = [{"name": "crawl", "kind": "warc", "location": str(REPO / "data" / "sample" / "web")}]
+    raw["filter"]["language_thresholds"] = str(REPO / "data" / "language_thresholds")  # relative to the copy
     copy = tmp_path / "pipeline.yaml"
     copy.write_text(yaml.safe_dump(raw))
     with pytest.raises(Exception, match=r"mixture.weights: no source named \['pages', 'web'\].*set stop_after"):
