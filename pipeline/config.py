@@ -473,14 +473,6 @@ class RehydrationConfig(Section):
             raise ValueError("at least one weight must be positive")
         return dict(sorted(weights.items()))
 
-    def repeats(self, sizes):
-        """The weight of each cluster size (a numpy array of sizes)."""
-        import numpy as np
-
-        limits = np.array(list(self.weights), dtype=np.int64)
-        times = np.array(list(self.weights.values()), dtype=np.int64)
-        return times[np.searchsorted(limits, np.maximum(sizes, 1), side="right") - 1]
-
 
 class MixtureConfig(Section):
     """How many sequences of each source training reads, and in which order."""

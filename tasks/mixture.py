@@ -140,6 +140,13 @@ def train_shards(inputs: dict[str, dict]) -> list[dict]:
             if entry["split"] == "train"]
 
 
+def rehydration_weights(weights: dict[int, int], sizes: np.ndarray) -> np.ndarray:
+    """The times each cluster size counts: the weight of the largest size in `weights` not above it."""
+    limits = np.array(sorted(weights), dtype=np.int64)
+    times = np.array([weights[limit] for limit in sorted(weights)], dtype=np.int64)
+    return times[np.searchsorted(limits, np.maximum(sizes, 1), side="right") - 1]
+
+
 def rehydration_repeats(settings: MixtureConfig, store: ObjectStore, inputs: dict[str, dict],
                         shards: list[dict], scratch: Path) -> dict[int, np.ndarray]:
     """Per shard index, each train row's weight from the cluster size the tokens stage recorded for it."""
@@ -159,7 +166,7 @@ def rehydration_repeats(settings: MixtureConfig, store: ObjectStore, inputs: dic
         start = position.get((shard["source"], unit), 0)
         rows = sizes[(shard["source"], unit)][start:start + shard["sequences"]]
         position[(shard["source"], unit)] = start + shard["sequences"]
-        repeats[index] = settings.rehydration.repeats(rows)
+        repeats[index] = rehydration_weights(settings.rehydration.weights, rows)
     return repeats
 
 

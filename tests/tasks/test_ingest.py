@@ -744,3 +744,19 @@ def test_a_file_without_read_permission_is_quarantined(tmp_path):
     run = Run(html_source(pages), LocalStore(tmp_path / "store", "p"), settings(), tmp_path)
     assert run.counts["quarantined"] == {"unreadable_file": 1}
     assert run.quarantine()[0]["detail"] == "permission denied"
+
+
+def test_an_s3_object_gone_between_listing_and_reading_is_quarantined(s3_store, tmp_path):
+    crawl = tmp_path / "crawl"
+    build_crawl(crawl)
+    bucket = "raw-" + uuid.uuid4().hex[:10]
+    s3_store.client.create_bucket(Bucket=bucket)
+    upload_crawl(s3_store, crawl, bucket, "crawls")
+    storage = storage_for(s3_store)
+    source = warc_source(f"s3://{bucket}/crawls/")
+    files = list_inputs(source, storage)
+    s3_store.client.delete_object(Bucket=bucket, Key="crawls/b.warc")
+    config = settings()
+    manifest = run_ingest(source, config, storage, s3_store, ingest_spec(source, files, config), files,
+                          progress=lambda _m: None)
+    assert manifest["counts"]["quarantined"] == {"unreadable_file": 1} and manifest["counts"]["documents"] == 5

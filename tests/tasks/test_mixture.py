@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.artifacts import fetch_verified, files_with_role
 from pipeline.config import ConfigError, MixtureConfig, RehydrationConfig, TokenizeConfig, validate_config
-from tasks.mixture import allocate, largest_remainder, mixture_spec, mixture_weights, run_mixture, sample_order
+from tasks.mixture import (allocate, largest_remainder, mixture_spec, mixture_weights, rehydration_weights, run_mixture,
+                           sample_order)
 from tasks.tokenize import RowOwners
 from tests.tasks import chain
 
@@ -99,8 +100,8 @@ def test_stage_on_the_sample(filtered_sample, tmp_path):
 def test_fineweb2_rehydration_table():
     settings = RehydrationConfig(enabled=True)
     sizes = np.array([1, 2, 3, 4, 5, 99, 100, 999, 1000, 50_000])
-    assert settings.repeats(sizes).tolist() == [1, 2, 3, 3, 5, 5, 8, 8, 1, 1]
-    assert RehydrationConfig(weights={1: 1, 10: 4}).repeats(np.array([1, 9, 10, 11])).tolist() == [1, 1, 4, 4]
+    assert rehydration_weights(settings.weights, sizes).tolist() == [1, 2, 3, 3, 5, 5, 8, 8, 1, 1]
+    assert rehydration_weights({10: 4, 1: 1}, np.array([1, 9, 10, 11])).tolist() == [1, 1, 4, 4]
     for weights, message in (({2: 2}, "cluster size 1"), ({1: 1, 0: 3}, ">= 1"), ({1: 0}, "positive")):
         with pytest.raises(ConfigError, match=message):
             validate_config({"sources": [{"name": "w", "kind": "warc", "location": "x"}],
