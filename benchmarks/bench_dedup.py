@@ -237,18 +237,16 @@ def speed(documents: list[dict], repeats: int) -> dict:
     from datasketch import MinHash
 
     from pipeline.config import DedupConfig
-    from corpus.minhash import exact_key, shingles, token_hashes
+    from corpus.minhash import shingles
     from tasks.dedup import hasher
 
     minhash = hasher(DedupConfig())
 
-    def ours() -> None:
+    def ours() -> None:  # the stage's own per-document work (bounded-memory sketch: signature and exact key)
         for document in documents:
-            hashes = token_hashes(document["text"], document["chars"])
-            signature = minhash.signature_of_hashes(hashes)
+            signature, _ = minhash.sketch(document["text"], document["chars"])
             if signature is not None:
                 minhash.band_keys(signature)
-            exact_key(hashes)
 
     def datasketch_update() -> None:
         for document in documents:
