@@ -608,12 +608,18 @@ def upload_crawl(s3_store: S3Store, crawl: Path, bucket: str, prefix: str) -> No
             client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(crawl).as_posix()}", Body=path.read_bytes())
 
 
-def test_ingest_from_an_s3_source(s3_store, tmp_path):
+def crawl_in_a_bucket(s3_store: S3Store, tmp_path: Path, prefix: str) -> tuple[Path, str]:
+    """build_crawl's files, also uploaded under `prefix` of a new bucket: (the local folder, the bucket)."""
     crawl = tmp_path / "crawl"
     build_crawl(crawl)
     bucket = "raw-" + uuid.uuid4().hex[:10]
     s3_store.client.create_bucket(Bucket=bucket)
-    upload_crawl(s3_store, crawl, bucket, "crawls/2024")
+    upload_crawl(s3_store, crawl, bucket, prefix)
+    return crawl, bucket
+
+
+def test_ingest_from_an_s3_source(s3_store, tmp_path):
+    crawl, bucket = crawl_in_a_bucket(s3_store, tmp_path, "crawls/2024")
     storage = storage_for(s3_store)
 
     source = warc_source(f"s3://{bucket}/crawls/2024/")
@@ -633,11 +639,7 @@ def test_ingest_from_an_s3_source(s3_store, tmp_path):
 
 
 def test_s3_source_without_trailing_slash_reads_only_that_folder(s3_store, tmp_path):
-    crawl = tmp_path / "crawl"
-    build_crawl(crawl)
-    bucket = "raw-" + uuid.uuid4().hex[:10]
-    s3_store.client.create_bucket(Bucket=bucket)
-    upload_crawl(s3_store, crawl, bucket, "crawl")
+    crawl, bucket = crawl_in_a_bucket(s3_store, tmp_path, "crawl")
     s3_store.client.put_object(Bucket=bucket, Key="crawl-old/x.warc.gz", Body=(crawl / "a.warc.gz").read_bytes())
     files = list_inputs(warc_source(f"s3://{bucket}/crawl"), storage_for(s3_store))
     assert [f.relpath for f in files] == ["a.warc.gz", "b.warc", "sub/c.warc.gz"]
@@ -747,11 +749,7 @@ def test_a_file_without_read_permission_is_quarantined(tmp_path):
 
 
 def test_an_s3_object_gone_between_listing_and_reading_is_quarantined(s3_store, tmp_path):
-    crawl = tmp_path / "crawl"
-    build_crawl(crawl)
-    bucket = "raw-" + uuid.uuid4().hex[:10]
-    s3_store.client.create_bucket(Bucket=bucket)
-    upload_crawl(s3_store, crawl, bucket, "crawls")
+    _, bucket = crawl_in_a_bucket(s3_store, tmp_path, "crawls")
     storage = storage_for(s3_store)
     source = warc_source(f"s3://{bucket}/crawls/")
     files = list_inputs(source, storage)
