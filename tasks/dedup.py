@@ -461,8 +461,8 @@ def write_unit(job: DedupJob, work: WriteUnit) -> dict:
     settings = job.settings
     unit = work.unit
     counts = new_counts()
-    per_source = counts["sources"].setdefault(unit.source, {})
     prefix = "" if unit.partition is None else "routed_"
+    per_source = counts["sources"].setdefault(unit.source, {f"{prefix}documents_in": 0, f"{prefix}documents": 0})
     with UnitOutput(job.store, job.prefix, unit.key, settings, STAGE) as out:
         duplicates, clusters = (fetch_verified(job.store, job.own(), entry, out.scratch) for entry in work.clusters)
         removed_rows = rows_of(duplicates, unit.key)
@@ -475,7 +475,7 @@ def write_unit(job: DedupJob, work: WriteUnit) -> dict:
         for batch in read_shard(job.store, unit.manifest, unit.entry, out.scratch):
             for doc in batch.to_pylist():
                 counts["documents_in"] += 1
-                per_source[f"{prefix}documents_in"] = per_source.get(f"{prefix}documents_in", 0) + 1
+                per_source[f"{prefix}documents_in"] += 1
                 duplicate = removed_rows.get(row)
                 size = cluster_sizes.get(row, 1)
                 row += 1
@@ -484,10 +484,9 @@ def write_unit(job: DedupJob, work: WriteUnit) -> dict:
                         counts["documents"] += 1
                     else:
                         counts["routed"][unit.partition] = counts["routed"].get(unit.partition, 0) + 1
-                    per_source[f"{prefix}documents"] = per_source.get(f"{prefix}documents", 0) + 1
+                    per_source[f"{prefix}documents"] += 1
                     kept.add((*(doc[name] for name in LANGID_SCHEMA.names), size))
                     continue
-                per_source.setdefault(f"{prefix}documents", 0)
                 reason = duplicate["reason"]
                 counts["removed"][reason] = counts["removed"].get(reason, 0) + 1
                 sample = doc["text"][: settings.removed_sample_bytes].encode()[: settings.removed_sample_bytes]
