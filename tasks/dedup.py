@@ -284,14 +284,15 @@ def exact_keys(parts: list[IndexPart]) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.dtype([("high", "<u8"), ("low", "<u8")]))
 
 
-def group_ids(settings: DedupConfig, parts: list[IndexPart]) -> np.ndarray | None:
-    """A small integer per row for its language group (None when every document is in one group)."""
-    if settings.partition == "none" or not parts:
-        return None
-    for part in parts:
-        if "group" not in pq.read_schema(part.path).names:
-            raise RuntimeError("dedup.against: an earlier run's index has no language groups (it predates "
-                               "partition: language); rebuild it, or set dedup.partition: none")
+def grouped(settings: DedupConfig, parts: list[IndexPart]) -> bool:
+    """Whether documents cluster within language groups: partition: language, and every index has groups (an
+    earlier run's index written before language groups existed has none: then every language together)."""
+    return settings.partition == "language" and bool(parts) and \
+        all("group" in pq.read_schema(part.path).names for part in parts)
+
+
+def group_ids(parts: list[IndexPart]) -> np.ndarray:
+    """A small integer per row for its language group."""
     groups = read_arrow(parts, "group").combine_chunks().dictionary_encode()
     return groups.indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -336,8 +337,7 @@ def find_clusters(settings: DedupConfig, parts: list[IndexPart], new_rows: int,
     where `taking_part` is False (removed as URL duplicates) stay clusters of their own."""
     total = sum(part.rows for part in parts)
     union = UnionFind(total)
-    groups = group_ids(settings, parts)
-    extra = [groups] if groups is not None else []
+    extra = [group_ids(parts)] if grouped(settings, parts) else []
     if settings.exact:
         keys = exact_keys(parts)
         union.union_runs([keys["low"], keys["high"], *extra], taking_part)
@@ -384,6 +384,9 @@ def cluster_pass(job: DedupJob, writer: ArtifactWriter, signature_entries: list[
         offset = 0
         for part in parts:
             part.offset, offset = offset, offset + part.rows
+        if settings.partition == "language" and not grouped(settings, parts) and parts:
+            progress("dedup: an earlier run's index has no language groups (written before them): this run "
+                     "clusters every language together")
         taking_part = np.ones(offset, dtype=bool)
         taking_part[:new_rows] = url_keeper == np.arange(new_rows)
         roots, representative = find_clusters(settings, parts, new_rows, taking_part)

@@ -305,3 +305,19 @@ def test_dedup_memory_does_not_grow_with_a_20_mb_single_line_document():
     figures = bench.long_document_memory()
     assert figures["long_document_bytes"] > 20 * 1024 * 1024 - 4
     assert figures["peak_rss_difference_bytes"] < 10 * figures["long_document_bytes"], figures
+
+
+def test_an_earlier_index_without_language_groups_pools_every_language(tmp_path):
+    """An index written before language groups existed (dedup code version 1) has no `group` column: a run
+    against it clusters every language together rather than failing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.dedup import IndexPart, grouped
+
+    new, old = tmp_path / "new.parquet", tmp_path / "old.parquet"
+    pq.write_table(pa.table({"id": ["a"], "group": ["de"]}), new)
+    pq.write_table(pa.table({"id": ["b"]}), old)
+    parts = [IndexPart(new, "u", 1), IndexPart(old, None, 1)]
+    assert grouped(DedupConfig(), parts[:1]) and not grouped(DedupConfig(partition="none"), parts[:1])
+    assert not grouped(DedupConfig(), parts)
