@@ -31,6 +31,10 @@ extracted and normalised by the clean stage's own code (tasks.clean.extract, nor
    (the per-document cost beyond fixed buffers), and the signature and index bytes per document.
 4. The filter chain (tasks.filter.filter_document with pipeline.yaml's rules, the sample's eval set for
    decontamination, PII redaction) in documents/s per core on the same documents.
+5. Memory whatever the longest document: the whole dedup stage (1 worker, each run in a fresh process)
+   on the bundled sample's 214 JSONL documents, without and with a 20 MB single-line page made of
+   their text, in the same benchmark run: peak RSS of each and the difference, against the page's size.
+   `--long-document-only` runs just this part (no download, ~15 s).
 
 Writes benchmarks/results/dedup.json and prints a summary. Targets (from the issue): recall >= 0.95 and
 precision >= 0.95 on pairs with Jaccard >= 0.8; MinHash incl. shingling >= 3,000 docs/s per core; filter
@@ -233,18 +237,16 @@ def speed(documents: list[dict], repeats: int) -> dict:
     from datasketch import MinHash
 
     from pipeline.config import DedupConfig
-    from corpus.minhash import exact_key, shingles, token_hashes
+    from corpus.minhash import shingles
     from tasks.dedup import hasher
 
     minhash = hasher(DedupConfig())
 
-    def ours() -> None:
+    def ours() -> None:  # the stage's own per-document work (bounded-memory sketch: signature and exact key)
         for document in documents:
-            hashes = token_hashes(document["text"], document["chars"])
-            signature = minhash.signature_of_hashes(hashes)
+            signature, _ = minhash.sketch(document["text"], document["chars"])
             if signature is not None:
                 minhash.band_keys(signature)
-            exact_key(hashes)
 
     def datasketch_update() -> None:
         for document in documents:
@@ -358,11 +360,83 @@ def filter_speed(documents: list[dict], repeats: int) -> dict:
     return figures
 
 
+# ---------------------------------------------------------------------------------------------
+# 5. Memory with a 20 MB single-line document
+
+LONG_DOCUMENT_BYTES = 20 * 1024 * 1024
+SAMPLE_JSONL = REPO / "data" / "sample" / "jsonl" / "sample-text-00000.jsonl.zst"
+DEDUP_PEAK_RSS = """
+import resource, sys
+from pipeline.artifacts import read_manifest
+from pipeline.config import DedupConfig
+from pipeline.storage import LocalStore
+from tasks.dedup import dedup_spec, run_dedup
+
+store = LocalStore(sys.argv[1], "bench")
+inputs = {"guide": read_manifest(store, "langid/guide", sys.argv[2])}
+settings = DedupConfig(workers=1)
+manifest = run_dedup(settings, store, dedup_spec(settings, inputs, None), inputs, progress=lambda _m: None)
+print(manifest["counts"]["documents_in"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def sample_documents() -> list[dict]:
+    import io
+
+    import zstandard
+
+    with open(SAMPLE_JSONL, "rb") as handle:
+        lines = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(handle), encoding="utf-8")
+        rows = [json.loads(line) for line in lines]
+    return [{"key": row["id"], "text": row["text"], "lang": row.get("lang_hint") or "en"} for row in rows]
+
+
+def long_document_memory() -> dict:
+    """Peak RSS of the dedup stage on the sample's documents, then on the same plus one 20 MB single line."""
+    documents = sample_documents()
+    block = " ".join(document["text"].replace("\n", " ") for document in documents)
+    line = ((block + " ") * (LONG_DOCUMENT_BYTES // len(block.encode()) + 1)).encode()[:LONG_DOCUMENT_BYTES]
+    page = {"key": "long-page", "text": line.decode("utf-8", "ignore"), "lang": "en"}
+    figures: dict = {"documents": len(documents), "long_document_bytes": len(page["text"].encode())}
+    for name, corpus in (("without", documents), ("with", documents + [page])):
+        with tempfile.TemporaryDirectory() as scratch:
+            from pipeline.storage import LocalStore
+
+            store = LocalStore(Path(scratch) / "store", "bench")
+            manifest = langid_artifact(store, corpus, 1)
+            done = subprocess.run([sys.executable, "-c", DEDUP_PEAK_RSS, str(Path(scratch) / "store"),
+                                   manifest["version"]], capture_output=True, text=True, check=True, cwd=REPO)
+            documents_in, peak = map(int, done.stdout.split())
+            assert documents_in == len(corpus)
+            figures[f"peak_rss_{name}_bytes"] = peak
+    extra = figures["peak_rss_with_bytes"] - figures["peak_rss_without_bytes"]
+    figures["peak_rss_difference_bytes"] = extra
+    figures["difference_over_document_size"] = round(extra / figures["long_document_bytes"], 2)
+    return figures
+
+
+def print_long_document(row: dict) -> None:
+    mb = 1024 * 1024
+    print(f"dedup peak RSS: {row['peak_rss_without_bytes'] / mb:,.0f} MB on {row['documents']} documents, "
+          f"{row['peak_rss_with_bytes'] / mb:,.0f} MB with a {row['long_document_bytes'] / mb:.0f} MB single-line "
+          f"document too: +{row['peak_rss_difference_bytes'] / mb:,.0f} MB "
+          f"({row['difference_over_document_size']}x the document)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true", help="skip the whole-stage memory runs")
+    parser.add_argument("--long-document-only", action="store_true",
+                        help="only part 5: the stage's peak memory without and with a 20 MB document")
     args = parser.parse_args()
+    if args.long_document_only:
+        row = long_document_memory()
+        previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({**previous, "long_document_memory": row}, indent=2) + "\n")
+        print_long_document(row)
+        return
 
     log("corpus: installation-guide-amd64 and -i386, extracted with tasks.clean")
     documents = load_documents()
@@ -384,6 +458,8 @@ def main() -> None:
         # the growth per added document: what the stage needs per document beyond its fixed buffers
         results["memory_marginal_bytes_per_document"] = round(
             (large["peak_traced_bytes"] - small["peak_traced_bytes"]) / (large["documents"] - small["documents"]), 1)
+        log("memory: the stage without and with a 20 MB single-line document ...")
+        results["long_document_memory"] = long_document_memory()
     q, s, f = results["quality"], results["speed"], results["filter"]
     results["targets"] = {
         "recall": {"target": TARGETS["recall"], "value": q["recall_pairs"], "met": q["recall_pairs"] >= TARGETS["recall"]},
@@ -408,6 +484,8 @@ def main() -> None:
               f"signatures {row['signature_bytes_per_document']} B/doc, index {row['index_bytes_per_document_kept']} B/doc")
     if "memory_marginal_bytes_per_document" in results:
         print(f"memory growth per added document: {results['memory_marginal_bytes_per_document']} B")
+    if "long_document_memory" in results:
+        print_long_document(results["long_document_memory"])
     print(f"targets: {json.dumps({k: v['met'] for k, v in results['targets'].items()})}; -> {RESULTS.relative_to(REPO)}")
 
 

@@ -16,6 +16,13 @@ bits of the shingle hashes, vectorised over the document. The result equals
 
 Band keys are 64-bit xxh3 hashes of each band's rows; two documents are LSH candidates when they share
 a band key. The exact-duplicate key is the 128-bit xxh3 of the token hash sequence.
+
+Memory is bounded whatever the length of a document: `MinHasher.sketch` hashes the text in pieces of
+at most CHUNK_CHARS characters, cut after a space or newline (so no token and no context of
+lowercasing spans two pieces), carries the last n-1 token hashes into the next piece so every shingle
+is seen once, permutes SHINGLE_BLOCK shingles at a time, and streams the exact key through xxh3. Its
+signature and exact key equal those of the whole text at once; only a run of more than CHUNK_CHARS
+characters without a space or newline is cut inside (hashed as two tokens there).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache, cached_property
+from typing import Iterator
 
 import numpy as np
 import xxhash
@@ -35,6 +43,8 @@ _MASK64 = (1 << 64) - 1
 # so invertible mod 2^64: a token's hash is recovered from prefix sums by multiplying by the inverse).
 _BASE = 0x100000001B3
 _BASE_INVERSE = pow(_BASE, -1, 1 << 64)
+CHUNK_CHARS = 1 << 18  # characters hashed at a time (~20 bytes of transient arrays each)
+SHINGLE_BLOCK = 1 << 13  # shingles permuted at a time (x num_perm x 4 bytes: 3.7 MB at 112)
 
 
 @cache
@@ -94,6 +104,26 @@ def token_hashes(text: str, chars: bool = False) -> np.ndarray:
         np.cumsum(codes.astype(np.uint64) * forward[: len(codes)], out=prefix[1:])
         hashes = (prefix[ends] - prefix[starts]) * inverse[starts]
     return _fmix64(hashes)
+
+
+def _cut(text: str, start: int, size: int) -> int:
+    """The end of the piece starting at `start`: just after the last space or newline within `size`
+    characters (or at `size` if there is none), or the end of the text."""
+    end = start + size
+    if end >= len(text):
+        return len(text)
+    cut = max(text.rfind(" ", start, end), text.rfind("\n", start, end)) + 1
+    return cut if cut > start else end
+
+
+def token_hash_chunks(text: str, chars: bool = False, chunk_chars: int = CHUNK_CHARS) -> Iterator[np.ndarray]:
+    """token_hashes(text) in consecutive pieces (their concatenation is the same array), each from at
+    most `chunk_chars` characters of the text."""
+    start = 0
+    while start < len(text):
+        end = _cut(text, start, chunk_chars)
+        yield token_hashes(text[start:end], chars)
+        start = end
 
 
 def tokens(text: str, chars: bool = False) -> list[str]:
@@ -165,21 +195,51 @@ class MinHasher:
         exact duplicate)."""
         if not len(hashes):
             return None
-        shingled = shingle_hashes(hashes, self.ngram)
+        return self._min_permuted(shingle_hashes(hashes, self.ngram))
+
+    def _min_permuted(self, shingled: np.ndarray, minimum: np.ndarray | None = None) -> np.ndarray:
+        """The element-wise minimum of `minimum` and every shingle's permutations, SHINGLE_BLOCK at a time."""
         a, b = self._permutations
-        with np.errstate(over="ignore"):
-            # datasketch's _fmix for 32 bits, then the affine permutations
-            shingled ^= shingled >> np.uint32(16)
-            shingled *= np.uint32(0x85EBCA6B)
-            shingled ^= shingled >> np.uint32(13)
-            shingled *= np.uint32(0xC2B2AE35)
-            shingled ^= shingled >> np.uint32(16)
-            permuted = shingled[:, None] * a[None, :]
-            permuted += b[None, :]
-        return permuted.min(axis=0)
+        for start in range(0, len(shingled), SHINGLE_BLOCK):
+            block = shingled[start:start + SHINGLE_BLOCK].copy()
+            with np.errstate(over="ignore"):
+                # datasketch's _fmix for 32 bits, then the affine permutations
+                block ^= block >> np.uint32(16)
+                block *= np.uint32(0x85EBCA6B)
+                block ^= block >> np.uint32(13)
+                block *= np.uint32(0xC2B2AE35)
+                block ^= block >> np.uint32(16)
+                permuted = block[:, None] * a[None, :]
+                permuted += b[None, :]
+            lowest = permuted.min(axis=0)
+            minimum = lowest if minimum is None else np.minimum(minimum, lowest)
+        assert minimum is not None
+        return minimum
 
     def signature(self, text: str, chars: bool = False) -> np.ndarray | None:
         return self.signature_of_hashes(token_hashes(text, chars))
+
+    def sketch(self, text: str, chars: bool = False, signature: bool = True,
+               chunk_chars: int = CHUNK_CHARS) -> tuple[np.ndarray | None, bytes]:
+        """(signature or None, exact key) of the text in bounded memory: the same values as
+        signature(text) and exact_key(token_hashes(text)), computed a piece of the text at a time."""
+        exact = xxhash.xxh3_128()
+        minimum = None
+        tail = np.zeros(0, dtype=np.uint64)  # the last ngram-1 token hashes: shingles span pieces
+        total = 0
+        for hashes in token_hash_chunks(text, chars, chunk_chars):
+            exact.update(hashes.astype("<u8").tobytes())
+            total += len(hashes)
+            if not signature:
+                continue
+            window = np.concatenate([tail, hashes])
+            if len(window) >= self.ngram:
+                minimum = self._min_permuted(shingle_hashes(window, self.ngram), minimum)
+                window = window[len(window) - self.ngram + 1:]
+            tail = window
+        if signature and total and minimum is None:  # fewer than ngram tokens: one shingle of them all
+            minimum = self._min_permuted(shingle_hashes(tail, self.ngram))
+        return minimum, exact.digest()
 
     def band_keys(self, signature: np.ndarray) -> list[int]:
         """One 64-bit key per band: documents sharing any key are candidate duplicates."""

@@ -9,7 +9,8 @@
 
 Each rule set is a frozen dataclass of its thresholds (the defaults are the published ones) with a
 `check(text) -> reason | None`; the reason names the rule that removed the document, so removals can
-be counted per rule. Words are whitespace-separated tokens. The stop-word rules are English.
+be counted per rule. Words are whitespace-separated tokens. The stop words default to Gopher's English
+ones; a language's own (FineWeb-2's, corpus/language_thresholds.py) replace them.
 """
 
 from __future__ import annotations
@@ -132,7 +133,13 @@ class GopherQuality:
     max_ellipsis_lines_ratio: float = 0.3
     max_non_alpha_words_ratio: float = 0.8  # at least this share of words must contain a letter
     min_stop_words: int = 2
-    check_stop_words: bool = True  # English stop words: switch off for other languages
+    check_stop_words: bool = True  # the default stop words are English: switch off for other languages
+    stop_words: frozenset[str] = GOPHER_STOP_WORDS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop_words, str) or not all(isinstance(word, str) for word in self.stop_words):
+            raise ValueError(f"stop_words must be a list of words, got {self.stop_words!r}")
+        object.__setattr__(self, "stop_words", frozenset(word.lower() for word in self.stop_words))
 
     def check(self, text: str) -> str | None:
         words = text.split()
@@ -158,7 +165,7 @@ class GopherQuality:
         without_letters = sum(1 for word in words if not word.isalpha() and not any(ch.isalpha() for ch in word))
         if 1 - without_letters / len(words) < self.max_non_alpha_words_ratio:
             return "gopher_non_alpha_words_ratio"
-        if self.check_stop_words and sum(word.lower() in GOPHER_STOP_WORDS for word in words) < self.min_stop_words:
+        if self.check_stop_words and sum(word.lower() in self.stop_words for word in words) < self.min_stop_words:
             return "gopher_few_stop_words"
         return None
 

@@ -1,4 +1,4 @@
-"""Readers for raw inputs: WARC(.gz), JSONL(.gz/.zst) and single HTML files.
+"""Readers for raw inputs: WARC(.gz), JSONL(.gz/.zst) and single HTML files (.gz/.zst too).
 
 Each reader yields, in file order, one of:
   RawDoc  - a record that becomes a document,
@@ -9,7 +9,8 @@ A broken file (truncated gzip, corrupt bytes) never raises: the records before t
 and the damage itself is a Reject. Memory is bounded by the record cap (max_record_bytes): an oversize
 record is measured and skipped without being held past the cap, and a compressed JSONL file is decoded
 a bounded chunk at a time and only up to a cap on its decoded size (Limits.decoded_cap), so a
-decompression bomb costs neither memory nor much time.
+decompression bomb costs neither memory nor much time. A compressed HTML page (by its name, or by
+its first bytes: a page saved gzip-encoded as `.html`) is decoded the same way, up to the same caps.
 """
 
 from __future__ import annotations
@@ -160,6 +161,13 @@ def _warc_record(record, types, limits: Limits) -> Item:
     if kind == types.response:
         if not record.is_http:
             return Skip("warc_response_not_http")
+        if record.http_headers.status_code is None:
+            # FastWARC took the block up to its first blank line for the headers: show both parts
+            block = str(record.http_headers).encode("latin-1", "replace") + record.reader.read(limits.sample_bytes)
+            first = block.split(b"\n", 1)[0][:60]
+            return _reject(locator, "missing_http_headers", f"the response block has no HTTP status line and headers "
+                           f"(it starts with {first!r})", block, limits,
+                           size=int(record.headers.get("Content-Length") or len(block)))
         status = record.http_headers.status_code
         if status is not None and not 200 <= status < 300:
             return Skip(f"http_status_{status // 100}xx")
@@ -391,19 +399,36 @@ class _DecodingReader(io.RawIOBase):
         super().close()
 
 
+COMPRESSION_SUFFIXES = {".zst": "zstd", ".gz": "gzip"}
+COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
 def compression_of(path: Path) -> str | None:
     name = path.name.lower()
-    return "zstd" if name.endswith(".zst") else "gzip" if name.endswith(".gz") else None
+    return next((kind for suffix, kind in COMPRESSION_SUFFIXES.items() if name.endswith(suffix)), None)
 
 
-def open_text_stream(path: Path, cap: int | None = None) -> io.BufferedIOBase:
-    """A binary stream of the file's decompressed bytes (.zst, .gz or plain).
+def without_compression_suffix(name: str) -> str:
+    """`en/index.html.gz` -> `en/index.html` (the page's own name, e.g. for its URL)."""
+    return next((name[: -len(suffix)] for suffix in COMPRESSION_SUFFIXES if name.lower().endswith(suffix)), name)
+
+
+def sniffed_compression(path: Path) -> str | None:
+    """The compression of a file by its first bytes (gzip or zstd), whatever its name."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return next((kind for magic, kind in COMPRESSION_MAGIC.items() if head.startswith(magic)), None)
+
+
+def open_text_stream(path: Path, cap: int | None = None, kind: str | None = None) -> io.BufferedIOBase:
+    """A binary stream of the file's decompressed bytes (`kind`: zstd or gzip; default by the name, .zst,
+    .gz or plain).
 
     With a cap, a compressed file's stream raises DecompressionLimit after `cap` decoded bytes if
     there are more; a plain file is not capped (its size is known).
     """
     raw = open(path, "rb")
-    kind = compression_of(path)
+    kind = kind or compression_of(path)
     if kind is None:
         return io.BufferedReader(raw, buffer_size=1 << 20)  # type: ignore[arg-type]
     return io.BufferedReader(_DecodingReader(raw, kind, cap), buffer_size=1 << 20)
@@ -518,6 +543,10 @@ def read_html_file(path: Path, limits: Limits, *, url: str | None, charset: str 
     if size == 0:
         yield Reject("file", "empty_file", "the file is empty", 0)
         return
+    kind = compression_of(path) or sniffed_compression(path)
+    if kind is not None:
+        yield _read_compressed_html(path, kind, size, limits, url=url, charset=charset)
+        return
     if size > limits.max_record_bytes:
         with open(path, "rb") as handle:
             head = handle.read(limits.sample_bytes)
@@ -528,3 +557,31 @@ def read_html_file(path: Path, limits: Limits, *, url: str | None, charset: str 
         yield rejected
         return
     yield RawDoc("file", content, "text/html", charset, url=url)
+
+
+def _read_compressed_html(path: Path, kind: str, size: int, limits: Limits, *, url: str | None,
+                          charset: str | None) -> Item:
+    """One compressed page, decoded up to the record cap and the decompression caps."""
+    decoded = bytearray()  # what decoded before a failure is kept for the sample
+    try:
+        with open_text_stream(path, limits.decoded_cap(size), kind) as stream:
+            while len(decoded) <= limits.max_record_bytes:
+                piece = stream.read(min(1 << 20, limits.max_record_bytes + 1 - len(decoded)))
+                if not piece:
+                    break
+                decoded += piece
+            if len(decoded) > limits.max_record_bytes:
+                total = len(decoded) + sum(iter(lambda: len(stream.read(1 << 20)), 0))
+                return _reject("file", "oversize_record", f"{total} decoded bytes exceed the cap", bytes(decoded),
+                               limits, size=total)
+    except DecompressionLimit as exc:
+        return _reject("file", "decompression_limit", f"{exc} (ingest.max_decompressed_mb / "
+                       f"ingest.max_compression_ratio; the file is {size:,} bytes {kind}-compressed)", bytes(decoded),
+                       limits, size=exc.cap)
+    except TruncatedStream as exc:
+        return _reject("file", "truncated_file", str(exc), bytes(decoded), limits, size=size)
+    except Exception as exc:  # a corrupt compressed stream
+        return _reject("file", "corrupt_file", f"{kind}: {type(exc).__name__}: {exc}", bytes(decoded), limits,
+                       size=size)
+    content = bytes(decoded)
+    return _check_payload("file", content, limits) or RawDoc("file", content, "text/html", charset, url=url)

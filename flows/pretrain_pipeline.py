@@ -20,6 +20,10 @@ Parameters:
 
 Every stage whose version is already committed ends Cached, so rerunning or retrying a flow run
 re-executes only the stages that failed or never ran, and those after them.
+
+pipeline.yaml's `stop_after` (e.g. tokens: the data stages only) acts as an `only` of every stage up
+to it when `only` is not given. A failed run's record lists as not_run only the stages this run
+selected that a failure kept from running; a retry forgets the not_run entries of the attempt before.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.config import PIPELINE_STAGES, ConfigError, PipelineConfig, load_config
 from pipeline.parallel import cluster_session
 from pipeline.runs import RunRecorder
+from pipeline.sources import check_location
 from pipeline.storage import open_store
-from flows.dag import not_run_after, run_pipeline, stage_names
+from flows.dag import downstream, not_run_after, run_pipeline, stage_names
 from flows.refresh import refresh_artifacts, run_refresh
 from tasks.stage import RunContext
 
@@ -51,6 +56,33 @@ def check_selection(config: PipelineConfig, only: list[str] | None, force: list[
         unknown = sorted(set(names or []) - known)
         if unknown:
             raise ConfigError(f"parameter {parameter}: unknown stage(s) {unknown}; allowed: {sorted(known)}")
+
+
+def selection(config: PipelineConfig, only: list[str] | None) -> frozenset[str] | None:
+    """What a run executes: `only`, else every stage up to `stop_after`, else everything (None)."""
+    if only is not None:
+        return frozenset(only)
+    if config.stop_after is not None:
+        return frozenset(PIPELINE_STAGES[: PIPELINE_STAGES.index(config.stop_after) + 1])
+    return None
+
+
+def sources_read(config: PipelineConfig, only: list[str] | None, refresh: bool = False) -> list:
+    """The sources whose inputs a run lists: those whose ingest or a stage after it is selected."""
+    chosen = selection(config, only)
+    sources = [s for s in config.sources if s.role == "domain"] if refresh else config.sources
+    return [source for source in sources
+            if chosen is None or any(RunContext._named(name, chosen) for name in downstream(config, "ingest", source.name))]
+
+
+def preflight(config: PipelineConfig, config_path: str | Path, only: list[str] | None, force: list[str] | None,
+              refresh: bool = False) -> None:
+    """What `pretrain-pipeline run` checks before it starts the flow: the stage names, and that every source the
+    run reads exists and can be read (SourceError naming sources.<name>.location)."""
+    check_selection(config, only, force)
+    base_dir = Path(config_path).resolve().parent
+    for source in sources_read(config, only, refresh):
+        check_location(source, config.storage, base_dir)
 
 
 @flow(name=FLOW_NAME, log_prints=True, validate_parameters=True)
@@ -71,9 +103,10 @@ def pretrain_pipeline(
         parameters={"config_path": config_path, "overrides": overrides, "only": only, "force": force,
                     "refresh": refresh},
     )
+    recorder.forget("not_run")  # an earlier attempt's; this attempt decides again
     ctx = RunContext(
         config=config, store=store, base_dir=Path(config_path).resolve().parent, run_id=run_id,
-        recorder=recorder, only=frozenset(only) if only is not None else None, force=frozenset(force or []),
+        recorder=recorder, only=selection(config, only), force=frozenset(force or []),
     )
     logger.info("run %s (attempt %s): storage %s", run_id, recorder.record["attempt"], store.uri())
 
@@ -84,6 +117,7 @@ def pretrain_pipeline(
         for name, message in failed.items():
             recorder.stage_failed(name, message or "failed")
         blocked = {later for name in failed for later in not_run_after(config, name)} - set(states)
+        blocked = {name for name in blocked if ctx.selected(name)}  # never what `only` left out
         blocked -= {phase for phase in ("cpt", "ift", "eval") if not getattr(config, phase).enabled}
         if refresh:
             blocked &= set(refresh_artifacts(ctx))

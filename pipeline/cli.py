@@ -47,15 +47,32 @@ def _resolve_version(store, artifact: str, version: str | None) -> dict:
 
 
 def cmd_validate(args) -> int:
+    """The config, then every source's location: it exists and can be read (a local path, or an s3:// prefix
+    that lists objects)."""
+    from .sources import SourceError, check_location
+
     config = _config(args)
-    print(f"{args.config}: valid ({len(config.sources)} sources: {', '.join(s.name for s in config.sources)})")
+    problems = []
+    for source in config.sources:
+        try:
+            check_location(source, config.storage, Path(args.config).resolve().parent)
+        except SourceError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SourceError("; ".join(problems))
+    print(f"{args.config}: valid ({len(config.sources)} sources: {', '.join(s.name for s in config.sources)}; "
+          f"every location readable)")
     return 0
 
 
 def cmd_run(args) -> int:
-    _config(args)  # fail fast, before Prefect starts, on an invalid config or override
-    from flows.pretrain_pipeline import pretrain_pipeline
+    # Fail fast, before Prefect starts (whose logs would wrap the error in tracebacks): the config and
+    # overrides, the stage names, the sources' locations, the store and its credentials.
+    from flows.pretrain_pipeline import preflight, pretrain_pipeline
 
+    config = _config(args)
+    preflight(config, args.config, args.only, args.force, args.refresh)
+    open_store(config.storage)
     result = pretrain_pipeline(config_path=args.config, overrides=parse_overrides(args.set) or None,
                                only=args.only, force=args.force, refresh=args.refresh)
     print(json.dumps(result, indent=2, default=str))
@@ -311,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="pretrain-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p):
@@ -388,9 +406,41 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("refs set needs NAME ARTIFACT [VERSION]")
     try:
         return args.fn(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        status = user_error(exc)
+        if status is None or args.debug:
+            raise
+        print(f"error: {one_line(exc)}" + ("" if status == 1 else "  (--debug shows the traceback)"),
+              file=sys.stderr)
+        return status
+
+
+NO_CREDENTIALS = ("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile or role); "
+                  "for the local stack run `. .stack/env` first")
+
+
+def user_error(exc: BaseException) -> int | None:
+    """The exit status of an error that is the user's to fix (2), or of a failed run (1), both reported in one
+    line; None for anything else (a bug: its traceback is shown)."""
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    from flows.pretrain_pipeline import PipelineFailed
+    from .sources import SourceError
+    from .storage import StoreError
+
+    if isinstance(exc, (ConfigError, SourceError, NoCredentialsError, PartialCredentialsError)):
         return 2
+    if isinstance(exc, (PipelineFailed, StoreError)):
+        return 1
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return NO_CREDENTIALS
+    return str(exc).replace(":\n  ", ": ").replace("\n  ", "; ").replace("\n", " ")
 
 
 if __name__ == "__main__":

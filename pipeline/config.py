@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 UNVERSIONED = {"unversioned": True}
 
@@ -259,6 +260,16 @@ class DedupConfig(DataStageConfig):
         None, description="an earlier dedup artifact version, or the name of a ref pointing at one: documents "
                           "duplicating what it (and the runs before it) kept are removed too",
     )
+    partition: Literal["language", "none"] = Field(
+        "language", description="language: documents only cluster with documents of the same language (a routed "
+                                "partition's, for routed documents), globally within it, as FineWeb-2 does; "
+                                "none: every document with every other",
+    )
+    url_dedup: bool = Field(False, description="keep one document per normalised URL (removed: duplicate_url)")
+    url_keep: Literal["longest", "newest"] = Field(
+        "longest", description="the document kept for a URL: the longest text, or the newest fetch_date (ties: "
+                               "input order)",
+    )
     removed_sample_bytes: int = Field(2048, ge=0, le=1 << 20)
 
     @model_validator(mode="after")
@@ -328,21 +339,6 @@ FilterRule = Literal["gopher_quality", "gopher_repetition", "c4", "fineweb", "to
 FILTER_RULES = ["gopher_quality", "gopher_repetition", "c4", "fineweb", "toxicity", "decontamination"]
 
 
-def _rule_settings(name: str, factory, values: dict) -> dict:
-    """Check a rule's threshold overrides by building the rule: unknown names and bad values fail."""
-    import dataclasses
-
-    allowed = sorted(f.name for f in dataclasses.fields(factory))
-    unknown = sorted(set(values) - set(allowed))
-    if unknown:
-        raise ValueError(f"{name}: unknown setting(s) {unknown}; allowed: {', '.join(allowed)}")
-    try:
-        factory(**values)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: {exc}") from None
-    return values
-
-
 class FilterConfig(DataStageConfig):
     """Heuristic quality rules, a word-list toxicity check and PII redaction, in one pass."""
 
@@ -355,27 +351,41 @@ class FilterConfig(DataStageConfig):
     per_source: dict[str, list[FilterRule]] = Field({}, description="the rules for a source, instead of `rules`")
     stop_word_languages: list[str] = Field(["en"], description="languages the Gopher stop-word rule applies to")
     c4_remove_lines: bool = Field(True, description="keep C4's line removals in the text of kept documents")
-    gopher_quality: dict[str, float | int | bool] = Field({}, description="threshold overrides, e.g. {min_doc_words: 30}")
+    gopher_quality: dict[str, float | int | bool | list[str]] = Field(
+        {}, description="threshold overrides, e.g. {min_doc_words: 30}, and stop_words")
     gopher_repetition: dict[str, float | int | bool | list] = Field({})
     c4: dict[str, float | int | bool] = Field({})
     fineweb: dict[str, float | int | bool] = Field({})
     toxicity: dict[str, float | str] = Field({}, description="{mode: any|ratio, max_ratio: 0.001}")
+    language_thresholds: str | None = Field(
+        None, json_schema_extra=UNVERSIONED,
+        description="a folder of <lang>.yaml files of per-language rule settings and stop words (e.g. FineWeb-2's, "
+                    "data/language_thresholds); relative to pipeline.yaml's directory. The version follows their "
+                    "content, not the path",
+    )
     pii: dict[str, bool] = Field({}, description="{emails, ip_addresses, phone_numbers}: true to redact (default all)")
     classifier: ClassifierConfig = ClassifierConfig()
     toxicity_classifier: ToxicityClassifierConfig = ToxicityClassifierConfig()
     decontamination: DecontaminationConfig = DecontaminationConfig()
     removed_sample_bytes: int = Field(2048, ge=0, le=1 << 20)
+    _languages: dict[str, dict[str, dict[str, Any]]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
-    def _settings_build(self) -> "FilterConfig":
+    def _settings_build(self, info: ValidationInfo) -> "FilterConfig":
+        from corpus.language_thresholds import RULES, load_language_thresholds, rule_settings
         from corpus.pii import PiiRedactor
-        from corpus.quality_rules import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
-        from corpus.toxicity import WordListToxicity
 
-        for name, factory in (("gopher_quality", GopherQuality), ("gopher_repetition", GopherRepetition),
-                              ("c4", C4Quality), ("fineweb", FineWebQuality), ("toxicity", WordListToxicity),
-                              ("pii", PiiRedactor)):
-            _rule_settings(name, factory, getattr(self, name))
+        for name in RULES:
+            rule_settings(name, getattr(self, name))
+        rule_settings("pii", self.pii, PiiRedactor)
+        if self.language_thresholds is not None:
+            folder = Path(self.language_thresholds)
+            if not folder.is_absolute():
+                folder = Path((info.context or {}).get("base_dir") or ".") / folder
+            try:
+                self._languages = load_language_thresholds(folder)
+            except ValueError as exc:
+                raise ValueError(f"language_thresholds: {exc}") from None
         used = [self.rules, *self.per_language.values(), *self.per_source.values()]
         if any("quality_classifier" in rules for rules in used) and not self.classifier.model:
             raise ValueError("the quality_classifier rule is listed but filter.classifier.model is not set "
@@ -384,6 +394,10 @@ class FilterConfig(DataStageConfig):
             raise ValueError("the toxicity_classifier rule is listed but filter.toxicity_classifier.function is not "
                              "set (e.g. profanity_check:predict_prob)")
         return self
+
+    def language_settings(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{lang: {rule: settings}} read from the language_thresholds folder ({} without one)."""
+        return self._languages
 
     def rules_for(self, source: str, lang: str) -> list[str]:
         if source in self.per_source:
@@ -433,6 +447,33 @@ class TokenizeConfig(ParallelStageConfig):
                                  json_schema_extra=UNVERSIONED)
 
 
+FINEWEB2_REHYDRATION = {1: 1, 2: 2, 3: 3, 5: 5, 100: 8, 1000: 1}
+
+
+class RehydrationConfig(Section):
+    """Upsampling kept documents by the size of the duplicate cluster they stood for (FineWeb-2's
+    "rehydration"): a sequence is repeated by the weight of the cluster size of its main document."""
+
+    enabled: bool = Field(False, description="repeat each sequence by the weight of its cluster size")
+    weights: dict[int, int] = Field(
+        FINEWEB2_REHYDRATION,
+        description="cluster size from which a weight applies -> times a sequence is repeated (FineWeb-2's table: "
+                    "1 -> 1, 2 -> 2, 3 -> 3, 4 -> 3, 5-99 -> 5, 100-999 -> 8, 1000+ -> 1)",
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_cover_every_size(cls, weights: dict[int, int]) -> dict[int, int]:
+        if 1 not in weights:
+            raise ValueError("needs a weight for cluster size 1 (documents without duplicates)")
+        bad = {size: times for size, times in weights.items() if size < 1 or times < 0}
+        if bad:
+            raise ValueError(f"cluster sizes must be >= 1 and weights >= 0, got {bad}")
+        if not any(weights.values()):
+            raise ValueError("at least one weight must be positive")
+        return dict(sorted(weights.items()))
+
+
 class MixtureConfig(Section):
     """How many sequences of each source training reads, and in which order."""
 
@@ -450,6 +491,7 @@ class MixtureConfig(Section):
     max_epochs: float = Field(4.0, gt=0, description="cap on the repeats of any source; the rest of its share "
                                                       "goes to the other sources")
     seed: int = Field(0, ge=0, description="seed of the sampling and of the global order")
+    rehydration: RehydrationConfig = RehydrationConfig()
 
     @field_validator("weights")
     @classmethod
@@ -672,9 +714,20 @@ class ClusterConfig(Section):
         return value
 
 
+DATA_ONLY_HINT = " (for the data stages only, set stop_after: tokens, or filter)"
+# The stages in DAG order (flows/dag.py runs them), for `stop_after`.
+PIPELINE_STAGES = ("ingest", "clean", "langid", "dedup", "filter", "tokenizer", "tokens", "mixture", "pretrain", "cpt",
+                   "ift", "eval")
+
+
 class PipelineConfig(Section):
     storage: StorageConfig = StorageConfig()
     sources: list[Source] = Field(min_length=1)
+    stop_after: Literal[PIPELINE_STAGES] | None = Field(  # type: ignore[valid-type]
+        None, json_schema_extra=UNVERSIONED,
+        description="the last stage a run executes (e.g. filter or tokens for the data stages only); the "
+                    "sections of the stages after it are then not checked; null: the whole DAG",
+    )
     ingest: IngestConfig = IngestConfig()
     clean: CleanConfig = CleanConfig()
     langid: LangidConfig = LangidConfig()
@@ -699,17 +752,21 @@ class PipelineConfig(Section):
             if source.name in seen:
                 raise ValueError(f"sources: duplicate source name {source.name!r}; names must be unique")
             seen.add(source.name)
-        for key, mapping in (("clean.extractor_by_source", self.clean.extractor_by_source),
-                             ("filter.per_source", self.filter.per_source), ("mixture.weights", self.mixture.weights)):
+        checked = [("clean.extractor_by_source", self.clean.extractor_by_source),
+                   ("filter.per_source", self.filter.per_source)]
+        if self.runs("mixture"):
+            checked.append(("mixture.weights", self.mixture.weights))
+        for key, mapping in checked:
             unknown = sorted(set(mapping) - seen)
             if unknown:
-                raise ValueError(f"{key}: no source named {unknown}; sources: {sorted(seen)}")
+                hint = DATA_ONLY_HINT if key == "mixture.weights" else ""
+                raise ValueError(f"{key}: no source named {unknown}; sources: {sorted(seen)}{hint}")
         return self
 
     @model_validator(mode="after")
     def _model_fits(self) -> "PipelineConfig":
         sizes = self.model.size()
-        if sizes["n_positions"] < self.tokenize.seq_len:
+        if self.runs("pretrain") and sizes["n_positions"] < self.tokenize.seq_len:
             raise ValueError(f"tokenize.seq_len {self.tokenize.seq_len} exceeds the model's n_positions "
                              f"{sizes['n_positions']}")
         return self
@@ -717,17 +774,23 @@ class PipelineConfig(Section):
     @model_validator(mode="after")
     def _phases_have_data(self) -> "PipelineConfig":
         general = [source.name for source in self.sources if source.role == "general"]
-        if not general:
-            raise ValueError("sources: at least one source needs role: general (pretraining reads those)")
-        domain_weighted = sorted(set(self.mixture.weights) - set(general))
-        if domain_weighted:
-            raise ValueError(f"mixture.weights: {domain_weighted} have role: domain; pretraining's mixture reads "
-                             f"the general sources {general} (domain sources are read by cpt)")
-        if self.cpt.enabled and not self.domain_sources():
-            raise ValueError("cpt.enabled: continued pretraining needs at least one source with role: domain")
-        if self.ift.enabled and not self.ift.chat_files:
+        if self.runs("mixture"):
+            if not general:
+                raise ValueError("sources: at least one source needs role: general (pretraining reads those)")
+            domain_weighted = sorted(set(self.mixture.weights) - set(general))
+            if domain_weighted:
+                raise ValueError(f"mixture.weights: {domain_weighted} have role: domain; pretraining's mixture reads "
+                                 f"the general sources {general} (domain sources are read by cpt)")
+        if self.runs("cpt") and self.cpt.enabled and not self.domain_sources():
+            raise ValueError("cpt.enabled: continued pretraining needs at least one source with role: domain"
+                             + DATA_ONLY_HINT)
+        if self.runs("ift") and self.ift.enabled and not self.ift.chat_files:
             raise ValueError("ift.chat_files: instruction fine-tuning needs at least one chat JSONL file or pattern")
         return self
+
+    def runs(self, stage: str) -> bool:
+        """Whether a run gets as far as `stage` (stop_after)."""
+        return self.stop_after is None or PIPELINE_STAGES.index(stage) <= PIPELINE_STAGES.index(self.stop_after)
 
     def domain_sources(self) -> list[str]:
         return [source.name for source in self.sources if source.role == "domain"]
@@ -747,7 +810,8 @@ class PipelineConfig(Section):
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> PipelineConfig:
-    """Read pipeline.yaml, apply overrides, validate. Raises ConfigError on any problem."""
+    """Read pipeline.yaml, apply overrides, validate (relative paths in it against its directory). Raises
+    ConfigError on any problem."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -760,12 +824,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None =
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     raw = apply_overrides(raw, overrides)
-    return validate_config(raw, origin=str(path))
+    return validate_config(raw, origin=str(path), base_dir=path.resolve().parent)
 
 
-def validate_config(raw: dict[str, Any], origin: str = "config") -> PipelineConfig:
+def validate_config(raw: dict[str, Any], origin: str = "config", base_dir: Path | None = None) -> PipelineConfig:
     try:
-        return PipelineConfig.model_validate(raw)
+        return PipelineConfig.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
         lines = [format_error(err) for err in exc.errors()]
         raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(lines)) from None
@@ -840,7 +904,7 @@ def format_error(err: dict[str, Any]) -> str:
     message = err["msg"]
     if kind == "value_error":
         message = message.removeprefix("Value error, ")
-    if not loc:  # a check across sections: the message names the keys; the input is the whole file
+    if not loc or isinstance(err.get("input"), dict):  # a check across keys: the message names them
         return f"{path}: {message}"
     return f"{path}: {message} (got {err.get('input')!r})"
 

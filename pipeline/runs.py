@@ -50,6 +50,13 @@ class RunRecorder:
             self.record["stages"][artifact] = {**result, "attempt": self.record["attempt"], "at": _now()}
             self._write()
 
+    def forget(self, status: str) -> None:
+        """Drop the stages of earlier attempts recorded with this status (e.g. not_run: a retry decides anew)."""
+        with self._lock:
+            self.record["stages"] = {name: stage for name, stage in self.record["stages"].items()
+                                     if stage.get("status") != status}
+            self._write()
+
     def stage_failed(self, artifact: str, error: str) -> None:
         self.stage(artifact, {"status": "failed", "error": error})
 

@@ -50,6 +50,10 @@ LANGID_SCHEMA = pa.schema(
     ]
 )
 
+# After dedup (and filter): the size of the duplicate cluster each kept document stood for (1 for a
+# document without duplicates; null where no dedup ran), which the mixture's rehydration reads.
+DEDUP_SCHEMA = pa.schema(list(LANGID_SCHEMA) + [pa.field("minhash_cluster_size", pa.int64())])
+
 # Documents a stage removes, with the reason (the quarantine of ingest, the removed/ of later stages).
 QUARANTINE_SCHEMA = pa.schema(
     [

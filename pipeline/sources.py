@@ -4,11 +4,17 @@ The fingerprints feed the ingest artifact's version, so a changed, added or remo
 a new version and an unchanged source is skipped. Local files are fingerprinted by sha256 of their
 bytes (a clone or copy of the same data gets the same version); S3 objects by ETag and size, which
 S3 derives from the content.
+
+A listed name that cannot be read (a dangling symbolic link, a loop of links, permission denied) is
+not skipped: it is listed with its `error`, and ingest quarantines it as `unreadable_file`, like a
+file that vanishes between listing and reading. `check_location` is what `validate` runs: whether a
+source's location exists and can be read, before any work starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import os
 import tempfile
@@ -22,7 +28,8 @@ from .config import HtmlSource, JsonlSource, StorageConfig, WarcSource
 DEFAULT_INCLUDE = {
     "warc": ["*.warc", "*.warc.gz"],
     "jsonl": ["*.jsonl", "*.jsonl.gz", "*.jsonl.zst", "*.json.gz", "*.json.zst", "*.ndjson"],
-    "html": ["*.html", "*.htm", "*.xhtml", "*.shtml"],
+    # saved pages, and the same compressed as crawl dumps store them (decoded under ingest's caps)
+    "html": [f"*.{ext}{suffix}" for ext in ("html", "htm", "xhtml", "shtml") for suffix in ("", ".gz", ".zst")],
 }
 
 
@@ -36,6 +43,7 @@ class InputFile:
     location: str  # an absolute local path or s3://bucket/key
     size: int
     fingerprint: str
+    error: str | None = None  # why the file cannot be read (it is quarantined as unreadable_file)
 
     @property
     def is_s3(self) -> bool:
@@ -61,15 +69,70 @@ def list_inputs(source: WarcSource | JsonlSource | HtmlSource, storage: StorageC
                 base_dir: Path | None = None) -> list[InputFile]:
     """Every input file of a source, sorted by relative path. Raises SourceError if there are none."""
     patterns = source.include or DEFAULT_INCLUDE[source.kind]
-    if source.location.startswith("s3://"):
-        files = _list_s3(source.location, patterns, source.endpoint_url or storage.endpoint_url, storage)
-    else:
-        files = _list_local(source.location, patterns, base_dir)
+    try:
+        if source.location.startswith("s3://"):
+            files = _list_s3(source.location, patterns, source.endpoint_url or storage.endpoint_url, storage)
+        else:
+            files = _list_local(source.location, patterns, base_dir)
+    except SourceError as exc:
+        raise SourceError(f"sources.{source.name}.location: {exc}") from None
     if not files:
-        raise SourceError(
-            f"source {source.name!r}: no input files matching {patterns} at {source.location}"
-        )
+        raise SourceError(f"sources.{source.name}.location: no input files matching {patterns} at {source.location}")
     return files
+
+
+def check_location(source: WarcSource | JsonlSource | HtmlSource, storage: StorageConfig,
+                   base_dir: Path | None = None) -> None:
+    """Raise SourceError, naming `sources.<name>.location`, unless the location exists and can be read: a
+    local file or directory, or an s3:// prefix that lists at least one object. Missing S3 credentials
+    raise botocore's NoCredentialsError."""
+    key = f"sources.{source.name}.location"
+    if source.location.startswith("s3://"):
+        from botocore.exceptions import ClientError
+
+        from .storage.s3 import make_s3_client
+
+        bucket, prefix = split_s3_uri(source.location)
+        client = make_s3_client(source.endpoint_url or storage.endpoint_url, storage.region, storage.max_attempts)
+        try:
+            listing = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            problem = f"the bucket {bucket!r} does not exist" if code == "NoSuchBucket" else f"cannot list it: {code}"
+            raise SourceError(f"{key}: {source.location}: {problem}") from None
+        if not listing.get("KeyCount"):
+            raise SourceError(f"{key}: {source.location}: no objects under this prefix")
+        return
+    root = Path(source.location)
+    if not root.is_absolute() and base_dir is not None:
+        root = base_dir / root
+    if not root.exists():
+        raise SourceError(f"{key}: {source.location} does not exist (resolved to {root.resolve()})")
+    if not os.access(root, os.R_OK | (os.X_OK if root.is_dir() else 0)):
+        raise SourceError(f"{key}: {source.location} is not readable (permission denied)")
+
+
+def why_unreadable(path: Path, exc: OSError) -> str:
+    """A short reason a listed file cannot be read."""
+    if exc.errno == errno.ENOENT and path.is_symlink():
+        return f"a dangling symbolic link (to {os.readlink(path)}: no such file)"
+    if exc.errno == errno.ENOENT:
+        return "no such file (it vanished between listing and reading)"
+    if exc.errno == errno.ELOOP:
+        return "a loop of symbolic links"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return f"{exc.strerror or type(exc).__name__} (errno {exc.errno})"
+
+
+def _local_file(path: Path, relpath: str) -> InputFile:
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a directory")
+        return InputFile(relpath, str(path), path.stat().st_size, sha256_file(path))
+    except OSError as exc:
+        reason = why_unreadable(path, exc)
+        return InputFile(relpath, str(path), 0, f"unreadable:{reason}", error=reason)
 
 
 def _list_local(location: str, patterns: list[str], base_dir: Path | None) -> list[InputFile]:
@@ -78,7 +141,7 @@ def _list_local(location: str, patterns: list[str], base_dir: Path | None) -> li
         root = base_dir / root
     root = root.resolve()
     if root.is_file():
-        return [InputFile(root.name, str(root), root.stat().st_size, sha256_file(root))]
+        return [_local_file(root, root.name)]
     if not root.is_dir():
         raise SourceError(f"{location}: no such file or directory (resolved to {root})")
     found = []
@@ -87,8 +150,8 @@ def _list_local(location: str, patterns: list[str], base_dir: Path | None) -> li
         for name in filenames:
             path = Path(dirpath, name)
             relpath = path.relative_to(root).as_posix()
-            if _matches(relpath, patterns) and path.is_file():
-                found.append(InputFile(relpath, str(path), path.stat().st_size, sha256_file(path)))
+            if _matches(relpath, patterns):
+                found.append(_local_file(path, relpath))
     return sorted(found, key=lambda f: f.relpath)
 
 

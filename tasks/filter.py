@@ -1,6 +1,11 @@
 """Filter stage: dedup (or langid) shards of one source -> documents that pass the quality rules and the toxicity check,
 with PII redacted; one artifact per source.
 
+The thresholds of the heuristic rules (and Gopher's stop words) can differ per language:
+`filter.language_thresholds` names a folder of `<lang>.yaml` files (corpus/language_thresholds.py;
+data/language_thresholds holds FineWeb-2's for the sample's languages) whose settings apply to that
+language's documents; their content is part of the artifact's version.
+
 Per document, the rules configured for its source or language run in order (Gopher quality, Gopher
 repetition, C4, FineWeb, LDNOOBW toxicity, a pluggable toxicity classifier, the fastText quality
 classifier, eval-set decontamination);
@@ -25,10 +30,11 @@ from pipeline.artifacts import ArtifactWriter, StageSpec
 from pipeline.artifacts import sha256_file
 from pipeline.config import FilterConfig
 from corpus.decontamination import EvalNgramIndex, eval_files, load_eval_items
+from corpus.language_thresholds import build
 from corpus.pii import PiiRedactor
 from corpus.quality_classifier import QualityClassifier
 from corpus.quality_rules import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
-from pipeline.shards import LANGID_SCHEMA, QUARANTINE_SCHEMA
+from pipeline.shards import DEDUP_SCHEMA, QUARANTINE_SCHEMA
 from pipeline.storage import ObjectStore
 from corpus.toxicity import WordListToxicity
 from pipeline.units import ShardUnit, UnitOutput, read_shard, resolve_writer_thread, run_shard_stage
@@ -39,21 +45,44 @@ from .quality_model import resolve_classifier_model
 from .stage import RunContext, execute_stage, upstream_manifest
 
 STAGE = "filter"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: minhash_cluster_size carried through, per-language thresholds
 
 
 @dataclass(frozen=True)
-class Rules:
+class HeuristicRules:
+    """The rules with thresholds, as set for one language."""
+
     gopher_quality: GopherQuality
-    gopher_quality_no_stop_words: GopherQuality
     gopher_repetition: GopherRepetition
     c4: C4Quality
     fineweb: FineWebQuality
     toxicity: WordListToxicity
+
+
+def heuristic_rules(settings: FilterConfig, lang: str) -> HeuristicRules:
+    """pipeline.yaml's settings of each rule, overridden by the language's file; Gopher's stop-word check runs
+    for stop_word_languages (English stop words) and for languages whose file gives their own."""
+    own = settings.language_settings().get(lang, {})
+    merged = {rule: {**getattr(settings, rule), **own.get(rule, {})} for rule in HeuristicRules.__annotations__}
+    quality = merged["gopher_quality"]
+    if lang not in settings.stop_word_languages and "stop_words" not in own.get("gopher_quality", {}):
+        quality["check_stop_words"] = False
+    return HeuristicRules(**{rule: build(rule, values) for rule, values in merged.items()})
+
+
+@dataclass(frozen=True)
+class Rules:
     pii: PiiRedactor
     decontamination: EvalNgramIndex
     classifier: QualityClassifier | None
     toxicity_scores: Callable[[list[str]], Any] | None
+    settings: FilterConfig
+    _by_language: dict[str, HeuristicRules] = field(default_factory=dict)
+
+    def for_language(self, lang: str) -> HeuristicRules:
+        if lang not in self._by_language:
+            self._by_language[lang] = heuristic_rules(self.settings, lang)
+        return self._by_language[lang]
 
 
 def scoring_function(reference: str) -> Callable[[list[str]], Any]:
@@ -98,15 +127,8 @@ def rules_for_job(job: "FilterJob") -> Rules:
 
 
 def build_rules(settings: FilterConfig, inputs: RuleInputs = RuleInputs()) -> Rules:
-    quality = GopherQuality(**settings.gopher_quality)
     return Rules(
-        gopher_quality=quality,
-        gopher_quality_no_stop_words=GopherQuality(**{**settings.gopher_quality, "check_stop_words": False}),
-        gopher_repetition=GopherRepetition(**{k: tuple(map(tuple, v)) if isinstance(v, list) else v
-                                              for k, v in settings.gopher_repetition.items()}),
-        c4=C4Quality(**settings.c4),
-        fineweb=FineWebQuality(**settings.fineweb),
-        toxicity=WordListToxicity(**settings.toxicity),
+        settings=settings,
         pii=PiiRedactor(**settings.pii),
         decontamination=EvalNgramIndex.build(inputs.eval_items, settings.decontamination.ngram),
         classifier=QualityClassifier(inputs.classifier_path) if inputs.classifier_path else None,
@@ -118,19 +140,19 @@ def build_rules(settings: FilterConfig, inputs: RuleInputs = RuleInputs()) -> Ru
 def filter_document(text: str, lang: str, names: list[str], rules: Rules, settings: FilterConfig,
                     counts: dict) -> tuple[str, str | None]:
     """(the text to keep, or the reason it is removed). Counts C4 line removals and PII replacements."""
+    heuristics = rules.for_language(lang)
     for name in names:
         if name == "gopher_quality":
-            rule = rules.gopher_quality if lang in settings.stop_word_languages else rules.gopher_quality_no_stop_words
-            reason = rule.check(text)
+            reason = heuristics.gopher_quality.check(text)
         elif name == "gopher_repetition":
-            reason = rules.gopher_repetition.check(text)
+            reason = heuristics.gopher_repetition.check(text)
         elif name == "c4":
-            cleaned, reason, lines = rules.c4.apply(text)
+            cleaned, reason, lines = heuristics.c4.apply(text)
             if reason is None and settings.c4_remove_lines:
                 counts["c4_lines_removed"] += lines
                 text = cleaned
         elif name == "fineweb":
-            reason = rules.fineweb.check(text)
+            reason = heuristics.fineweb.check(text)
         elif name == "decontamination":
             hits = rules.decontamination.hits(text)
             for item in hits:
@@ -148,7 +170,7 @@ def filter_document(text: str, lang: str, names: list[str], rules: Rules, settin
             probability = rules.classifier.probability([text])[0]
             reason = "quality_classifier" if probability < settings.classifier.threshold else None
         else:
-            reason = rules.toxicity.check(text, lang)
+            reason = heuristics.toxicity.check(text, lang)
         if reason is not None:
             return text, reason
     text, replaced = rules.pii.redact(text)
@@ -176,7 +198,7 @@ def filter_shard(job: FilterJob, unit: ShardUnit) -> dict:
     rules = rules_for_job(job)
     counts = new_counts()
     with UnitOutput(job.store, job.prefix, unit.key, settings, STAGE) as out:
-        kept = out.writer("data", LANGID_SCHEMA, "documents", "text",
+        kept = out.writer("data", DEDUP_SCHEMA, "documents", "text",
                           background=resolve_writer_thread("auto", settings.workers))
         removed = out.writer("removed", QUARANTINE_SCHEMA, "removed", "sample")
         for batch in read_shard(job.store, job.upstream, unit.entry, out.scratch):
@@ -187,10 +209,11 @@ def filter_shard(job: FilterJob, unit: ShardUnit) -> dict:
                 if reason is not None:
                     counts["removed"][reason] = counts["removed"].get(reason, 0) + 1
                     removed.add((row["source"], row["id"], reason, f"lang {row['lang']}", len(row["text"]),
-                                 row["text"].encode()[: settings.removed_sample_bytes]))
+                                 row["text"][: settings.removed_sample_bytes].encode()[: settings.removed_sample_bytes]))
                     continue
                 counts["documents"] += 1
-                kept.add(tuple({**row, "text": text}[name] for name in LANGID_SCHEMA.names))
+                # minhash_cluster_size is null where the input did not go through dedup
+                kept.add(tuple({**row, "text": text}.get(name) for name in DEDUP_SCHEMA.names))
         files = out.close()
     return {"unit": unit.key, "files": files, "counts": counts}
 
@@ -200,9 +223,12 @@ def filter_spec(source: str, settings: FilterConfig, upstream: dict, inputs: Rul
     config = settings.versioned()
     per_source = config.pop("per_source", {})
     config["source_rules"] = per_source.get(source)
-    # the eval files and the model count by content (their digests are inputs), not by name
+    # the eval files and the model count by content (their digests are inputs), not by name; so do the
+    # per-language files
     config["decontamination"].pop("eval_sets")
     config["classifier"].pop("model")
+    if settings.language_settings():
+        config["language_settings"] = settings.language_settings()
     return StageSpec(stage=STAGE, artifact=f"{STAGE}/{source}", code_version=CODE_VERSION, config=config,
                      inputs={upstream["artifact"]: upstream["version"], **inputs.identity}, rebuild=rebuild)
 

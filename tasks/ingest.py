@@ -4,7 +4,8 @@ One artifact per source, `ingest/<source>`, whose version derives from the input
 and the ingest settings: an unchanged source is skipped, a changed one is re-ingested. Input files
 are grouped into work units processed in parallel; each finished unit is recorded, so a killed run
 resumes with the units still missing. Records that cannot be used go to `quarantine/` with their
-reason; non-document WARC records and blank lines are counted as skipped.
+reason; non-document WARC records and blank lines are counted as skipped. A file that cannot be read
+(a dangling link, permission denied, gone since it was listed) is quarantined as `unreadable_file`.
 
 The core (`plan_units`, `ingest_unit`, `run_ingest`) knows nothing of Prefect; `ingest_task` at the
 end is the thin task the flow calls.
@@ -12,6 +13,7 @@ end is the thin task the flow calls.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -23,9 +25,10 @@ from typing import Any, Callable, Iterator
 
 from pipeline.artifacts import ArtifactWriter, StageSpec
 from pipeline.config import HtmlSource, IngestConfig, JsonlSource, StorageConfig, WarcSource
-from corpus.raw_formats import Item, Limits, RawDoc, Reject, read_html_file, read_jsonl, read_warc
+from corpus.raw_formats import (Item, Limits, RawDoc, Reject, read_html_file, read_jsonl, read_warc,
+                                without_compression_suffix)
 from pipeline.shards import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA, ShardWriter
-from pipeline.sources import InputFile, list_inputs, local_copy
+from pipeline.sources import InputFile, list_inputs, local_copy, why_unreadable
 from pipeline.storage import ObjectStore
 from pipeline.units import UnitOutput, commit_units, resolve_writer_thread, run_units
 from prefect import task
@@ -34,7 +37,7 @@ from prefect.cache_policies import NO_CACHE
 from .stage import RunContext, execute_stage
 
 STAGE = "ingest"
-CODE_VERSION = "2"  # 2: decompression caps, not_jsonl, text_not_a_string, BOM
+CODE_VERSION = "3"  # 3: compressed HTML, missing_http_headers, unreadable_file
 MB = 1024 * 1024
 
 SourceConfig = WarcSource | JsonlSource | HtmlSource
@@ -106,7 +109,7 @@ def read_items(source: SourceConfig, path: Path, file: InputFile, limits: Limits
         return read_jsonl(path, limits, text_field=source.text_field, id_field=source.id_field,
                           url_field=source.url_field, date_field=source.date_field,
                           content_type=source.content_type)
-    url = source.base_url.rstrip("/") + "/" + file.relpath if source.base_url else None
+    url = source.base_url.rstrip("/") + "/" + without_compression_suffix(file.relpath) if source.base_url else None
     return read_html_file(path, limits, url=url, charset=source.charset)
 
 
@@ -140,12 +143,37 @@ def ingest_unit(job: IngestJob, unit: Unit) -> dict:
         for file in unit.files:
             counts["files"] += 1
             counts["bytes_in"] += file.size
-            with local_copy(file, job.source.endpoint_url or job.storage.endpoint_url, job.storage,
-                            settings.scratch_dir) as path:
-                for item in read_items(job.source, path, file, limits):
-                    _route(item, job.source.name, file.relpath, documents, quarantine, counts)
+            for item in read_file(job, file, limits):
+                _route(item, job.source.name, file.relpath, documents, quarantine, counts)
         files = out.close()
     return {"unit": unit.key, "files": files, "counts": counts}
+
+
+UNREADABLE = "unreadable_file"
+S3_UNREADABLE = {"404", "NoSuchKey", "403", "AccessDenied"}
+UNREADABLE_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ELOOP, errno.EISDIR, errno.ENOTDIR}
+
+
+def read_file(job: IngestJob, file: InputFile, limits: Limits) -> Iterator[Item]:
+    """The items of one input file; a file that cannot be read (now or since it was listed) is one Reject."""
+    from botocore.exceptions import ClientError
+
+    if file.error is not None:
+        yield Reject("file", UNREADABLE, file.error)
+        return
+    try:
+        with local_copy(file, job.source.endpoint_url or job.storage.endpoint_url, job.storage,
+                        job.settings.scratch_dir) as path:
+            yield from read_items(job.source, path, file, limits)
+    except OSError as exc:
+        if exc.errno not in UNREADABLE_ERRNOS:  # e.g. a full scratch disk: not the input's fault
+            raise
+        yield Reject("file", UNREADABLE, why_unreadable(Path(file.location), exc))
+    except ClientError as exc:  # the S3 object is gone or forbidden since it was listed
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code not in S3_UNREADABLE:
+            raise
+        yield Reject("file", UNREADABLE, f"S3 {code}: the object vanished or is forbidden since it was listed")
 
 
 def _route(item: Item, source: str, relpath: str, documents: ShardWriter, quarantine: ShardWriter,

@@ -12,6 +12,11 @@ trainer reads (`mixture`, one artifact over the `tokens/<source>` of every sourc
    subset of k mod n; all sampled sequences of all sources are then put in one seeded global
    permutation — no shard's data arrives in one block — written as `order.arrow` (shard index, row):
    an index over the token shards, not a copy of them.
+5. Rehydration (optional, `rehydration.enabled`, FineWeb-2's upsampling): each train sequence counts
+   `rehydration.weights[cluster size]` times, the cluster size being the `minhash_cluster_size` of the
+   document with the most tokens in it (the tokens stage's `cluster_sizes/`). A source's available
+   sequences are then its rehydrated ones (max_epochs counts passes over them), and a full pass
+   holds every sequence as often as its weight.
 
 Manifest: `shards` (index -> source, tokens artifact and version, path, sequences), the table per
 source (tokens available, weight, sequences and tokens sampled, epochs, capped) in counts and summary.
@@ -29,9 +34,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from model.sizing import chinchilla_tokens, gpt2_parameters
-from pipeline.artifacts import ArtifactWriter, StageSpec, files_with_role
+from pipeline.artifacts import ArtifactWriter, StageSpec, fetch_verified, files_with_role
 from pipeline.config import MixtureConfig
 from pipeline.storage import ObjectStore
 from prefect import task
@@ -99,15 +105,23 @@ def sample_indices(wanted: int, available: int, rng: np.random.Generator) -> np.
     return np.concatenate([np.tile(np.arange(available), passes), subset]).astype(np.int64)
 
 
-def sample_order(allocation: dict[str, int], shards: list[dict], seed: int) -> np.ndarray:
-    """The global training order: rows (shard index, row in shard), every source's sample permuted together."""
+def sample_order(allocation: dict[str, int], shards: list[dict], seed: int,
+                 repeats: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """The global training order: rows (shard index, row in shard), every source's sample permuted together.
+    `repeats` (rehydration) gives, per shard index, how often each of its rows counts in a full pass."""
     parts = []
     for source_index, (source, wanted) in enumerate(allocation.items()):
         mine = [(index, shard["sequences"]) for index, shard in enumerate(shards) if shard["source"] == source]
         if not wanted or not mine:
             continue
         offsets = np.cumsum([0] + [rows for _, rows in mine])
-        picked = sample_indices(wanted, int(offsets[-1]), np.random.default_rng([seed, source_index]))
+        rng = np.random.default_rng([seed, source_index])
+        if repeats is None:
+            picked = sample_indices(wanted, int(offsets[-1]), rng)
+        else:  # a pass over the rehydrated pool: each row as often as its weight
+            pool = np.concatenate([np.repeat(np.arange(offsets[k], offsets[k + 1]), repeats[index])
+                                   for k, (index, _) in enumerate(mine)])
+            picked = pool[sample_indices(wanted, len(pool), rng)] if len(pool) else np.zeros(0, dtype=np.int64)
         where = np.searchsorted(offsets, picked, side="right") - 1
         shard_ids = np.array([index for index, _ in mine], dtype=np.int64)[where]
         parts.append(np.stack([shard_ids, picked - offsets[where]], axis=1))
@@ -124,6 +138,36 @@ def train_shards(inputs: dict[str, dict]) -> list[dict]:
             for source, manifest in inputs.items()
             for entry in sorted(files_with_role(manifest, "tokens"), key=lambda e: e["path"])
             if entry["split"] == "train"]
+
+
+def rehydration_weights(weights: dict[int, int], sizes: np.ndarray) -> np.ndarray:
+    """The times each cluster size counts: the weight of the largest size in `weights` not above it."""
+    limits = np.array(sorted(weights), dtype=np.int64)
+    times = np.array([weights[limit] for limit in sorted(weights)], dtype=np.int64)
+    return times[np.searchsorted(limits, np.maximum(sizes, 1), side="right") - 1]
+
+
+def rehydration_repeats(settings: MixtureConfig, store: ObjectStore, inputs: dict[str, dict],
+                        shards: list[dict], scratch: Path) -> dict[int, np.ndarray]:
+    """Per shard index, each train row's weight from the cluster size the tokens stage recorded for it."""
+    sizes: dict[tuple[str, str], np.ndarray] = {}  # (source, unit) -> cluster size of every train row
+    for source, manifest in inputs.items():
+        entries = files_with_role(manifest, "cluster_sizes")
+        if not entries and manifest["counts"]["splits"]["train"]["sequences"]:
+            raise ValueError(f"mixture.rehydration: {manifest['artifact']}@{manifest['version']} records no cluster "
+                             f"sizes (built before rehydration existed); rebuild it with --force tokens")
+        for entry in entries:
+            path = fetch_verified(store, manifest, entry, scratch)
+            sizes[(source, entry["unit"])] = pq.read_table(path).column(0).to_numpy()
+            path.unlink()
+    repeats, position = {}, {}
+    for index, shard in enumerate(shards):  # a unit's train files hold its rows in path order
+        unit = Path(shard["path"]).name.rsplit("-", 1)[0]
+        start = position.get((shard["source"], unit), 0)
+        rows = sizes[(shard["source"], unit)][start:start + shard["sequences"]]
+        position[(shard["source"], unit)] = start + shard["sequences"]
+        repeats[index] = rehydration_weights(settings.rehydration.weights, rows)
+    return repeats
 
 
 def budget(settings: MixtureConfig, model_size: dict[str, int], vocab_size: int) -> tuple[int, dict]:
@@ -164,12 +208,21 @@ def run_mixture(settings: MixtureConfig, store: ObjectStore, spec: StageSpec, in
     weights = mixture_weights(settings, {s: m["counts"]["splits"]["train"]["tokens"] for s, m in inputs.items()})
     tokens, plan = budget(settings, model_size, vocab_size)
     available = {source: manifest["counts"]["splits"]["train"]["sequences"] for source, manifest in inputs.items()}
-    allocation, shortfall = allocate(math.ceil(tokens / seq_len), available, weights, settings.max_epochs)
     shards = train_shards(inputs)
-    order = sample_order(allocation, shards, settings.seed)
+    repeats = None
+    if settings.rehydration.enabled:
+        with tempfile.TemporaryDirectory(prefix="mixture-") as scratch:
+            repeats = rehydration_repeats(settings, store, inputs, shards, Path(scratch))
+        available = {source: int(sum(repeats[index].sum() for index, shard in enumerate(shards)
+                                     if shard["source"] == source)) for source in inputs}
+    allocation, shortfall = allocate(math.ceil(tokens / seq_len), available, weights, settings.max_epochs)
+    order = sample_order(allocation, shards, settings.seed, repeats)
     table = mixture_table(inputs, weights, allocation, seq_len)
     for row in table:
-        row["capped"] = row["sequences"] >= math.floor(settings.max_epochs * row["sequences_available"]) > 0
+        if repeats is not None:  # epochs count passes over the rehydrated data
+            row["sequences_rehydrated"] = available[row["source"]]
+            row["epochs"] = round(row["sequences"] / available[row["source"]], 3) if available[row["source"]] else 0.0
+        row["capped"] = row["sequences"] >= math.floor(settings.max_epochs * available[row["source"]]) > 0
         progress(f"mixture: {row['source']:12} weight {row['weight']:.3f}  {row['sequences']:>8} sequences  "
                  f"{row['epochs']:.2f} epochs{'  (capped)' if row['capped'] else ''}")
     writer = ArtifactWriter(store, spec)

@@ -8,7 +8,9 @@ seq_len + 1 ids, end-of-text after each document. A document goes to the validat
 of its id falls below `val_fraction`, so the split is the same on every rerun. Each unit's last partial
 row per split is padded (see corpus/token_shards.py). Files: `train/<unit>-NNNN.arrow`,
 `val/<unit>-NNNN.arrow`, each listed in the manifest with its split, sequences, tokens (without padding)
-and documents (end-of-text tokens in it).
+and documents (end-of-text tokens in it). For the mixture's rehydration, `cluster_sizes/train/<unit>.parquet`
+lists per train row, in row order over the unit's train files, the `minhash_cluster_size` of the
+document with the most tokens in that row (1 where the documents did not go through dedup).
 
 The core (`tokenize_unit`, `run_tokenize`) knows nothing of Prefect; `tokenize_task` is the thin task.
 """
@@ -16,12 +18,15 @@ The core (`tokenize_unit`, `run_tokenize`) knows nothing of Prefect; `tokenize_t
 from __future__ import annotations
 
 import os
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.artifacts import ArtifactWriter, StageSpec, upload_file
 from pipeline.config import TokenizeConfig
@@ -35,8 +40,9 @@ from .stage import RunContext, execute_stage, upstream_manifest
 from .tokenizer import id_fraction, special_ids, tokenizer_json
 
 STAGE = "tokens"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: cluster_sizes/ for rehydration
 SPLITS = ("train", "val")
+CLUSTER_SIZES = "cluster_sizes"
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,34 @@ def split_of(doc_id: str, val_fraction: float) -> str:
     return "val" if id_fraction(doc_id, "validation-split") < val_fraction else "train"
 
 
+class RowOwners:
+    """Which document dominates each packed row: fed each document's tag (its cluster size) and tokens in
+    packing order, `take(rows)` returns the tag of the document with the most tokens in each of the next
+    `rows` rows (ties: the first)."""
+
+    def __init__(self, width: int):
+        self.width = width
+        self.segments: deque[list[int]] = deque()  # [tag, tokens not yet in a taken row]
+
+    def add(self, tag: int, tokens: int) -> None:
+        self.segments.append([tag, tokens])
+
+    def take(self, rows: int) -> np.ndarray:
+        tags = np.ones(rows, dtype=np.uint32)
+        for row in range(rows):
+            need, most = self.width, 0
+            while need and self.segments:
+                segment = self.segments[0]
+                used = min(need, segment[1])
+                if used > most:
+                    tags[row], most = segment[0], used
+                segment[1] -= used
+                need -= used
+                if not segment[1]:
+                    self.segments.popleft()
+        return tags
+
+
 def tokenize_unit(job: TokenizeJob, unit: ShardUnit) -> dict:
     # One encoding thread per worker process: the `workers` setting is the parallelism.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -91,21 +125,27 @@ def tokenize_unit(job: TokenizeJob, unit: ShardUnit) -> dict:
 
         writers = {split: writer(split) for split in SPLITS}
         packers = {split: Packer(settings.seq_len + 1, job.eos_id, job.pad_id, dtype) for split in SPLITS}
+        owners = RowOwners(settings.seq_len + 1)
+        cluster_sizes: list[np.ndarray] = []  # per train row
 
         def emit(split: str, rows: tuple[np.ndarray, np.ndarray]) -> None:
             if len(rows[0]):
                 counts["splits"][split]["sequences"] += len(rows[0])
                 writers[split].write(*rows)
+                if split == "train":
+                    cluster_sizes.append(owners.take(len(rows[0])))
 
-        for batch in read_shard(job.store, job.upstream, unit.entry, out.scratch, columns=["id", "text"],
-                                batch_rows=settings.batch_documents):
-            ids, texts = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-            for doc_id, encoding in zip(ids, tokenizer.encode_batch(texts, add_special_tokens=False)):
+        for batch in read_shard(job.store, job.upstream, unit.entry, out.scratch,
+                                columns=["id", "text", "minhash_cluster_size"], batch_rows=settings.batch_documents):
+            ids, texts, sizes = (batch.column(index).to_pylist() for index in range(3))
+            for doc_id, size, encoding in zip(ids, sizes, tokenizer.encode_batch(texts, add_special_tokens=False)):
                 split = split_of(doc_id, settings.val_fraction)
                 counts["documents_in"] += 1
                 counts["documents"] += 1
                 counts["splits"][split]["documents"] += 1
                 counts["splits"][split]["tokens"] += len(encoding.ids) + 1
+                if split == "train":
+                    owners.add(size or 1, len(encoding.ids) + 1)
                 emit(split, packers[split].add(encoding.ids))
         for split in SPLITS:
             tail = packers[split].finish()
@@ -113,6 +153,12 @@ def tokenize_unit(job: TokenizeJob, unit: ShardUnit) -> dict:
                 counts["padding_tokens"] += int(np.count_nonzero(tail[1][0] == 0))
             emit(split, tail)
             writers[split].close()
+        if cluster_sizes:
+            path = out.scratch / f"{unit.key}.parquet"
+            pq.write_table(pa.table({"cluster_size": np.concatenate(cluster_sizes)}), path, compression="zstd")
+            out.files.append(upload_file(job.store, job.prefix, f"{CLUSTER_SIZES}/train/{unit.key}.parquet", path,
+                                         CLUSTER_SIZES, split="train", unit=unit.key,
+                                         sequences=int(sum(map(len, cluster_sizes)))))
         files = out.close()
     return {"unit": unit.key, "files": files, "counts": counts}
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import zstandard
 
+from corpus.raw_formats import without_compression_suffix
 from tests.raw_inputs import PNG, Page, html_page, jsonl_bytes, write_warc
 
 MB = 1024 * 1024
@@ -335,15 +336,21 @@ def _build_site(folder: Path, huge: int, base_url: str) -> tuple[Path, Expected]
         "png.html": (PNG, "binary_payload"),
         "zip.html": (zip_bytes(), "binary_payload"),
         "pdf.html": (PDF, "binary_payload"),
-        "gzipped.html": (gzip.compress(html_page(3), mtime=0), "binary_payload"),
+        "gzipped.html": (gzip.compress(html_page(3), mtime=0), None),  # saved gzip-encoded: decoded, kept
         "huge.html": (huge_line(huge, b"<html><body><p>", b"</p></body></html>"), "oversize_record"),
+        "page.html.gz": (gzip.compress(html_page(4), mtime=0), None),  # its URL ends in page.html
+        "sub/page.htm.zst": (zstandard.ZstdCompressor().compress(html_page(5)), None),
+        "bomb.html.gz": (gzip_bomb(16), "decompression_limit"),
+        "cut.html.gz": (gzip.compress(html_page(6) * 50, mtime=0)[:-40], "truncated_file"),
+        "corrupt.html.zst": (b"\x28\xb5\x2f\xfd" + b"\xff" * 64, "corrupt_file"),
+        "empty.html.gz": (gzip.compress(b"", mtime=0), "empty_payload"),
     }
     for relpath, (content, reason) in files.items():
         path = folder / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
         if reason is None:
-            expected.urls.add(base_url + relpath)
+            expected.urls.add(base_url + without_compression_suffix(relpath))
         else:
             expected.reject(relpath, reason)
     return folder, expected

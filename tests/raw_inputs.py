@@ -93,8 +93,12 @@ def write_jsonl(path: Path, rows: list[dict | bytes | str]) -> Path:
     return path
 
 
-def english_paragraphs() -> list[str]:
-    """Real English paragraphs (Debian installation manual) from the unit tests' language-ID set."""
+def paragraphs(lang: str) -> list[str]:
+    """Real paragraphs of a language (Debian installation manual) from the unit tests' language-ID set."""
     path = Path(__file__).parent / "data" / "langid_paragraphs_small.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [row["text"] for row in rows if row["lang"] == "en"]
+    return [row["text"] for row in rows if row["lang"] == lang]
+
+
+def english_paragraphs() -> list[str]:
+    return paragraphs("en")

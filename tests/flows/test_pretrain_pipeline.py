@@ -254,3 +254,53 @@ def test_a_corpus_of_broken_records_completes_with_every_record_counted(tmp_path
     docs_counts = result["stages"]["ingest/docs"]["counts"]
     assert docs_counts["documents"] == 1
     assert docs_counts["quarantined"] == {"invalid_utf8": 1, "invalid_json": 1, "empty_file": 1}
+
+
+def test_run_records_after_only_list_as_not_run_only_what_was_selected(tmp_path, seaweed, bucket, inputs):
+    """`only` ingest and clean, one source's input missing: the failed record's not_run holds that source's
+    clean alone (not the stages `only` left out); a retry (attempt 2 of the same run) that completes lists
+    no not_run at all."""
+    from flows.pretrain_pipeline import pretrain_pipeline
+
+    sources = _sources(inputs) + [{"name": "late", "kind": "warc", "location": f"s3://{bucket}/incoming/"}]
+    config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=sources)
+    store = S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url)
+    failed = pretrain_pipeline(config_path=str(config), only=["ingest", "clean"], return_state=True)
+    assert failed.is_failed()
+    first = read_run(store, str(failed.state_details.flow_run_id))
+    assert "sources.late.location: no input files" in first["stages"]["ingest/late"]["error"]
+    assert {name for name, stage in first["stages"].items() if stage["status"] == "not_run"} == {"clean/late"}
+    assert set(first["stages"]) == {f"{stage}/{s['name']}" for stage in ("ingest", "clean") for s in sources}
+    # attempt 1 and, once the input is there, attempt 2 of one flow run (as a retried flow run keeps its id)
+    from prefect import flow
+
+    from flows.pretrain_pipeline import PipelineFailed
+
+    @flow
+    def failed_then_retried() -> str:
+        with pytest.raises(PipelineFailed):
+            pretrain_pipeline.fn(config_path=str(config), only=["ingest", "clean"])
+        store.client.upload_file(str(write_pages(tmp_path / "late.warc.gz", pages=2, seed=9)), bucket,
+                                 "incoming/late.warc.gz")
+        pretrain_pipeline.fn(config_path=str(config), only=["ingest", "clean"])
+        from prefect.runtime import flow_run
+
+        return flow_run.get_id()
+
+    retried = read_run(store, failed_then_retried())
+    assert retried["attempt"] == 2 and retried["status"] == "completed"
+    assert {stage["status"] for stage in retried["stages"].values()} <= {"executed", "cached"}
+    assert set(retried["stages"]) == set(first["stages"])
+
+
+def test_stop_after_selects_the_stages_up_to_it_and_the_sources_read():
+    from flows.pretrain_pipeline import selection, sources_read
+
+    config = load_config(REPO / "pipeline.yaml", ["stop_after=filter"])
+    assert selection(config, None) == frozenset({"ingest", "clean", "langid", "dedup", "filter"})
+    assert selection(config, ["ingest/web"]) == frozenset({"ingest/web"})  # an explicit `only` wins
+    assert selection(load_config(REPO / "pipeline.yaml"), None) is None
+    assert [s.name for s in sources_read(config, None)] == ["web", "docs", "pages"]
+    assert [s.name for s in sources_read(config, ["clean/docs"])] == ["docs"]
+    assert [s.name for s in sources_read(config, ["mixture"])] == ["web", "docs", "pages"]
+    assert [s.name for s in sources_read(config, None, refresh=True)] == ["docs"]

@@ -105,3 +105,90 @@ def test_mixture_table_reads_like_gpt3s():
     assert lines[0].split() == ["source", "tokens", "available", "weight", "sequences", "tokens", "sampled", "epochs"]
     assert lines[1].split() == ["web", "5,000", "60.0%", "20", "5,120", "1.02"]
     assert lines[2].split()[-1] == "(capped)" and lines[3].split() == ["total", "30", "7,680"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's mistakes: one line on stderr, exit 2, no traceback (--debug shows it)
+
+
+def one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err + captured.out
+    return lines[0]
+
+
+def test_validate_checks_that_every_source_location_can_be_read(built, capsys, tmp_path):
+    config_path, _ = built
+    assert main(["validate", "-c", str(config_path), "--set", "sources.docs.location=missing/"]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("error: sources.docs.location: missing/ does not exist") and str(tmp_path) in line
+    assert main(["validate", "-c", str(config_path)]) == 0
+    assert "every location readable" in capsys.readouterr().out
+
+
+def test_validate_lists_an_s3_prefix(built, capsys, seaweed, s3_store):
+    config_path, _ = built
+    s3_store.client.put_object(Bucket=s3_store.bucket, Key="crawl/a.warc.gz", Body=b"x")
+    endpoint = f"storage.endpoint_url={seaweed.endpoint_url}"
+    for location, problem in ((f"s3://{s3_store.bucket}/crawl/", None),
+                              (f"s3://{s3_store.bucket}/empty/", "no objects under this prefix"),
+                              ("s3://no-such-bucket-here/x/", "the bucket 'no-such-bucket-here' does not exist")):
+        status = main(["validate", "-c", str(config_path), "--set", endpoint, "--set", f"sources.docs.location={location}"])
+        if problem is None:
+            assert status == 0, capsys.readouterr()
+            capsys.readouterr()
+        else:
+            assert status == 2 and one_error_line(capsys) == f"error: sources.docs.location: {location}: {problem}  " \
+                                                                "(--debug shows the traceback)"
+
+
+def test_run_stops_before_any_work_on_an_unknown_stage_or_a_missing_input(built, capsys):
+    config_path, _ = built
+    assert main(["run", "-c", str(config_path), "--only", "ingest/nope"]) == 2
+    assert "parameter only: unknown stage(s) ['ingest/nope']" in one_error_line(capsys)
+    assert main(["run", "-c", str(config_path), "--set", "sources.docs.location=gone", "--only", "ingest"]) == 2
+    assert one_error_line(capsys).startswith("error: sources.docs.location: gone does not exist")
+    with pytest.raises(Exception, match="does not exist"):
+        main(["--debug", "run", "-c", str(config_path), "--set", "sources.docs.location=gone", "--only", "ingest"])
+
+
+def test_missing_s3_credentials_are_one_line(built, seaweed):
+    """Forgetting `. .stack/env`: boto3 finds no credentials."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    config_path, _ = built
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+               AWS_EC2_METADATA_DISABLED="true")
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-c", str(config_path), "--only", "ingest",
+                           "--set", "storage.backend=s3", "--set", f"storage.endpoint_url={seaweed.endpoint_url}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile or role); for the "
+        "local stack run `. .stack/env` first  (--debug shows the traceback)"]
+
+
+def test_a_data_only_config_needs_no_edits_of_the_model_phases(tmp_path):
+    """A copy of pipeline.yaml with other sources: mixture.weights and cpt name sources it no longer has, which
+    `stop_after` (the data stages only) leaves unchecked."""
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "pipeline.yaml").read_text())
+    raw["sources"] = [{"name": "crawl", "kind": "warc", "location": str(REPO / "data" / "sample" / "web")}]
+    raw["filter"]["language_thresholds"] = str(REPO / "data" / "language_thresholds")  # relative to the copy
+    copy = tmp_path / "pipeline.yaml"
+    copy.write_text(yaml.safe_dump(raw))
+    with pytest.raises(Exception, match=r"mixture.weights: no source named \['pages', 'web'\].*set stop_after"):
+        load_config(copy)
+    for last in ("filter", "tokens"):
+        config = load_config(copy, [f"stop_after={last}"])
+        assert config.runs("dedup") and not config.runs("mixture")
+    raw["stop_after"] = "tokens"
+    copy.write_text(yaml.safe_dump(raw))
+    assert main(["validate", "-c", str(copy)]) == 0

@@ -110,7 +110,7 @@ def test_unknown_top_level_key(tmp_path):
     message = config_error(tmp_path, raw)
     assert "ingets: unknown key" in message
     assert "allowed keys here: clean, cluster, cpt, dedup, eval, filter, ift, ingest, langid, mixture, model, " \
-           "quality_model, refresh, sources, storage, tokenize, tokenizer, train" in message
+           "quality_model, refresh, sources, stop_after, storage, tokenize, tokenizer, train" in message
     assert str(tmp_path / "pipeline.yaml") in message
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from pipeline.config import ConfigError, FilterConfig, WarcSource, validate_config
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, FilterConfig, WarcSource, load_config, validate_config
 from corpus.pii import EMAIL_TOKEN
 from pipeline.storage import LocalStore
 from tasks.filter import RuleInputs, build_rules, filter_document, filter_spec, new_counts, resolve_rule_inputs
 from tests.conftest import REPO, SAMPLE
 from tests.tasks import chain
-from tests.raw_inputs import english_paragraphs
+from tests.raw_inputs import english_paragraphs, paragraphs
 
 PROSE = "\n\n".join(english_paragraphs()[:8])
 
@@ -141,3 +144,72 @@ def test_the_toxicity_classifier_hook_scores_documents_of_its_languages():
     with pytest.raises(ConfigError, match="toxicity_classifier rule is listed but"):
         validate_config({"sources": [{"name": "web", "kind": "warc", "location": "x"}],
                          "filter": {"rules": ["toxicity_classifier"]}})
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-language thresholds (filter.language_thresholds: FineWeb-2's, shipped in data/language_thresholds)
+
+LANGUAGE_FILES = REPO / "data" / "language_thresholds"
+SAMPLE_LANGUAGES = {"ar", "ca", "cs", "da", "de", "el", "es", "fa", "fr", "hr", "id", "it", "ja", "ko", "nb", "nl", "pl",
+                    "pt", "ro", "ru", "sv", "tr", "vi", "zh"}  # the sample's, but English (FineWeb's defaults)
+
+
+def test_the_shipped_files_cover_the_samples_languages_and_cite_their_source():
+    settings = FilterConfig(language_thresholds=str(LANGUAGE_FILES))
+    assert set(settings.language_settings()) == SAMPLE_LANGUAGES
+    for lang in SAMPLE_LANGUAGES:
+        header = (LANGUAGE_FILES / f"{lang}.yaml").read_text(encoding="utf-8").splitlines()[1]
+        assert header.startswith("# Source: https://github.com/huggingface/fineweb-2/blob/") and "/configs/" in header
+    german = settings.language_settings()["de"]
+    assert german["gopher_quality"]["stop_words"][:3] == ["der", "und", "die"]
+    assert german["gopher_repetition"]["max_dup_line_frac"] == 0.263
+
+
+def test_a_languages_file_sets_its_thresholds_and_stop_words():
+    """Real German paragraphs as lines without final punctuation: FineWeb's English line_punct_thr (0.12)
+    removes them, FineWeb-2's German 0.0 keeps them; Gopher's stop-word check runs with German stop words."""
+    lines = "\n".join(paragraph.rstrip(".!?: ") for paragraph in paragraphs("de")[:8])
+    plain, per_language = FilterConfig(rules=["fineweb", "gopher_quality"]), \
+        FilterConfig(rules=["fineweb", "gopher_quality"], language_thresholds=str(LANGUAGE_FILES))
+    assert _filter(lines, "de", plain)[1] == "fineweb_line_punct_ratio"
+    assert _filter(lines, "de", per_language)[1] is None
+    german = build_rules(per_language).for_language("de").gopher_quality
+    assert german.check_stop_words and "und" in german.stop_words and "the" not in german.stop_words
+    assert not build_rules(plain).for_language("de").gopher_quality.check_stop_words  # English words only
+    assert german.check(" ".join(paragraphs("ru")[:3])) == "gopher_few_stop_words"
+    # English has no file: pipeline.yaml's settings as they were
+    assert build_rules(per_language).for_language("en") == build_rules(plain).for_language("en")
+
+
+def test_unknown_rules_and_thresholds_in_a_languages_file_fail_validation(tmp_path):
+    folder = tmp_path / "thresholds"
+    folder.mkdir()
+    raw = {"sources": [{"name": "web", "kind": "warc", "location": "x"}],
+           "filter": {"language_thresholds": "thresholds"}}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    for content, message in (("gopher: {min_doc_words: 3}", "de.yaml: unknown rule(s) ['gopher']"),
+                             ("fineweb: {line_punct: 0.1}", "de.yaml: fineweb: unknown setting(s) ['line_punct']"),
+                             ("toxicity: {mode: some}", "de.yaml: toxicity: mode must be 'any' or 'ratio'"),
+                             ("gopher_quality: {stop_words: der}", "de.yaml: gopher_quality: stop_words must be a list")):
+        (folder / "de.yaml").write_text(content)
+        with pytest.raises(ConfigError, match=r"filter: .*language_thresholds: " + re.escape(message)):
+            load_config(tmp_path / "pipeline.yaml")
+    (folder / "de.yaml").write_text("fineweb: {line_punct_thr: 0.05}")
+    assert load_config(tmp_path / "pipeline.yaml").filter.language_settings() == {"de": {"fineweb": {"line_punct_thr": 0.05}}}
+    (folder / "de.yaml").unlink()
+    folder.rmdir()
+    with pytest.raises(ConfigError, match="language_thresholds: .*thresholds: no such folder"):
+        load_config(tmp_path / "pipeline.yaml")
+
+
+def test_the_version_follows_the_files_content_not_their_path(tmp_path):
+    upstream = {"artifact": "dedup", "version": "v1"}
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in LANGUAGE_FILES.glob("*.yaml"):
+        (copy / path.name).write_bytes(path.read_bytes())
+    shipped = filter_spec("web", FilterConfig(language_thresholds=str(LANGUAGE_FILES)), upstream).version
+    assert filter_spec("web", FilterConfig(language_thresholds=str(copy)), upstream).version == shipped
+    assert filter_spec("web", FilterConfig(), upstream).version != shipped
+    (copy / "de.yaml").write_text("fineweb: {line_punct_thr: 0.05}")
+    assert filter_spec("web", FilterConfig(language_thresholds=str(copy)), upstream).version != shipped

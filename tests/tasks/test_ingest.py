@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from pipeline.config import HtmlSource, IngestConfig, JsonlSource, StorageConfig
 from pipeline.shards import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA
 from pipeline.sources import InputFile, list_inputs
 from pipeline.storage import LocalStore, S3Store
+from warcio.statusandheaders import StatusAndHeaders
+
+from tests.conftest import SAMPLE
 from tests.raw_inputs import PNG, Page, html_page, write_jsonl, write_warc
 from tasks.ingest import IngestJob, document_id, ingest_spec, ingest_unit, plan_units, run_ingest
 
@@ -604,12 +608,18 @@ def upload_crawl(s3_store: S3Store, crawl: Path, bucket: str, prefix: str) -> No
             client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(crawl).as_posix()}", Body=path.read_bytes())
 
 
-def test_ingest_from_an_s3_source(s3_store, tmp_path):
+def crawl_in_a_bucket(s3_store: S3Store, tmp_path: Path, prefix: str) -> tuple[Path, str]:
+    """build_crawl's files, also uploaded under `prefix` of a new bucket: (the local folder, the bucket)."""
     crawl = tmp_path / "crawl"
     build_crawl(crawl)
     bucket = "raw-" + uuid.uuid4().hex[:10]
     s3_store.client.create_bucket(Bucket=bucket)
-    upload_crawl(s3_store, crawl, bucket, "crawls/2024")
+    upload_crawl(s3_store, crawl, bucket, prefix)
+    return crawl, bucket
+
+
+def test_ingest_from_an_s3_source(s3_store, tmp_path):
+    crawl, bucket = crawl_in_a_bucket(s3_store, tmp_path, "crawls/2024")
     storage = storage_for(s3_store)
 
     source = warc_source(f"s3://{bucket}/crawls/2024/")
@@ -629,11 +639,122 @@ def test_ingest_from_an_s3_source(s3_store, tmp_path):
 
 
 def test_s3_source_without_trailing_slash_reads_only_that_folder(s3_store, tmp_path):
-    crawl = tmp_path / "crawl"
-    build_crawl(crawl)
-    bucket = "raw-" + uuid.uuid4().hex[:10]
-    s3_store.client.create_bucket(Bucket=bucket)
-    upload_crawl(s3_store, crawl, bucket, "crawl")
+    crawl, bucket = crawl_in_a_bucket(s3_store, tmp_path, "crawl")
     s3_store.client.put_object(Bucket=bucket, Key="crawl-old/x.warc.gz", Body=(crawl / "a.warc.gz").read_bytes())
     files = list_inputs(warc_source(f"s3://{bucket}/crawl"), storage_for(s3_store))
     assert [f.relpath for f in files] == ["a.warc.gz", "b.warc", "sub/c.warc.gz"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed pages, header-less responses, unreadable files
+
+
+def test_the_samples_pages_compressed_are_the_same_documents(tmp_path):
+    """The sample's real HTML pages gzip- and zstd-compressed (as crawl dumps store them) give the very
+    documents the plain pages give, with the same URLs."""
+    import gzip
+
+    import zstandard
+
+    plain = SAMPLE / "html"
+    packed = tmp_path / "packed"
+    for number, page in enumerate(sorted(plain.rglob("*.html"))):
+        relpath = page.relative_to(plain).as_posix()
+        target = packed / (relpath + (".gz" if number % 2 else ".zst"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = page.read_bytes()
+        target.write_bytes(gzip.compress(data, mtime=0) if number % 2 else zstandard.ZstdCompressor().compress(data))
+    base = "https://www.debian.org/doc/"
+    expected = Run(html_source(plain, base_url=base), LocalStore(tmp_path / "a", "p"), settings(), tmp_path)
+    run = Run(html_source(packed, base_url=base), LocalStore(tmp_path / "b", "p"), settings(), tmp_path)
+    assert run.counts["quarantined"] == {} and run.counts["documents"] == expected.counts["documents"] >= 10
+    assert sorted((row["url"], row["content"]) for row in run.documents()) == \
+        sorted((row["url"], row["content"]) for row in expected.documents())
+    # the same file given directly (a source location naming one file) is decoded too
+    one = next(packed.rglob("*.html.gz"))
+    [document] = Run(html_source(one), LocalStore(tmp_path / "c", "p"), settings(), tmp_path).documents()
+    assert document["content"].startswith(b"<") and document["origin"] == f"{one.name}#file"
+
+
+def write_headerless_response(path: Path, url: str, block: bytes) -> None:
+    """A WARC `response` record whose block is the page alone: no HTTP status line, no headers."""
+    import io
+
+    from warcio.recordloader import ArcWarcRecord
+    from warcio.warcwriter import WARCWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        writer = WARCWriter(handle, gzip=True)
+        headers = writer._init_warc_headers(url, "response", {"WARC-Date": "2024-05-06T07:08:09Z"})
+        record = ArcWarcRecord("warc", "response", headers, io.BytesIO(block), None,
+                               "application/http; msgtype=response", len(block))
+        record.payload_length = len(block)
+        writer.write_record(record)
+        writer.write_record(writer.create_warc_record(
+            "http://example.com/ok", "response", payload=io.BytesIO(html_page(1)),
+            http_headers=StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")))
+
+
+def test_a_response_without_http_headers_is_quarantined_with_its_block(tmp_path):
+    block = (SAMPLE / "html" / "en").glob("*.html").__next__().read_bytes()
+    write_headerless_response(tmp_path / "crawl" / "a.warc.gz", "http://example.com/bare", block)
+    run = Run(warc_source(tmp_path / "crawl"), LocalStore(tmp_path / "store", "p"), settings(), tmp_path)
+    assert run.counts["quarantined"] == {"missing_http_headers": 1} and run.counts["documents"] == 1
+    [row] = run.quarantine()
+    assert "no HTTP status line" in row["detail"] and row["size"] == len(block)
+    assert row["sample"] == block[:4096]
+
+
+def test_unreadable_inputs_are_quarantined_not_skipped(tmp_path):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "good.html").write_bytes(html_page(1))
+    (pages / "gone.html").write_bytes(html_page(2))
+    (pages / "dangling.html").symlink_to(tmp_path / "unmounted-share" / "page.html")
+    (pages / "loop.html").symlink_to(pages / "loop.html")
+    source = html_source(pages)
+    files = list_inputs(source, LOCAL)
+    assert [(f.relpath, f.error is not None) for f in files] == [
+        ("dangling.html", True), ("gone.html", False), ("good.html", False), ("loop.html", True)]
+    (pages / "gone.html").unlink()  # vanishes between listing and reading
+    config = settings()
+    store = LocalStore(tmp_path / "store", "p")
+    manifest = run_ingest(source, config, LOCAL, store, ingest_spec(source, files, config), files,
+                          progress=lambda _m: None)
+    assert manifest["counts"]["quarantined"] == {"unreadable_file": 3} and manifest["counts"]["documents"] == 1
+    assert manifest["counts"]["files"] == 4
+    run = Run.__new__(Run)
+    run.store, run.manifest, run.tmp_path = store, manifest, tmp_path
+    details = {row["origin"]: row["detail"] for row in run.quarantine()}
+    assert details["dangling.html#file"].startswith("a dangling symbolic link")
+    assert details["loop.html#file"] == "a loop of symbolic links"
+    assert details["gone.html#file"] == "no such file (it vanished between listing and reading)"
+    # once the share is mounted the file is read: the version follows what can be read
+    (tmp_path / "unmounted-share").mkdir()
+    (tmp_path / "unmounted-share" / "page.html").write_bytes(html_page(3))
+    assert ingest_spec(source, list_inputs(source, LOCAL), config).version != manifest["version"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file whatever its permissions")
+def test_a_file_without_read_permission_is_quarantined(tmp_path):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "good.html").write_bytes(html_page(1))
+    (pages / "secret.html").write_bytes(html_page(2))
+    (pages / "secret.html").chmod(0)
+    run = Run(html_source(pages), LocalStore(tmp_path / "store", "p"), settings(), tmp_path)
+    assert run.counts["quarantined"] == {"unreadable_file": 1}
+    assert run.quarantine()[0]["detail"] == "permission denied"
+
+
+def test_an_s3_object_gone_between_listing_and_reading_is_quarantined(s3_store, tmp_path):
+    _, bucket = crawl_in_a_bucket(s3_store, tmp_path, "crawls")
+    storage = storage_for(s3_store)
+    source = warc_source(f"s3://{bucket}/crawls/")
+    files = list_inputs(source, storage)
+    s3_store.client.delete_object(Bucket=bucket, Key="crawls/b.warc")
+    config = settings()
+    manifest = run_ingest(source, config, storage, s3_store, ingest_spec(source, files, config), files,
+                          progress=lambda _m: None)
+    assert manifest["counts"]["quarantined"] == {"unreadable_file": 1} and manifest["counts"]["documents"] == 5

@@ -11,8 +11,10 @@ import pyarrow as pa
 import pytest
 
 from pipeline.artifacts import fetch_verified, files_with_role
-from pipeline.config import MixtureConfig, TokenizeConfig
-from tasks.mixture import allocate, largest_remainder, mixture_spec, mixture_weights, run_mixture, sample_order
+from pipeline.config import ConfigError, MixtureConfig, RehydrationConfig, TokenizeConfig, validate_config
+from tasks.mixture import (allocate, largest_remainder, mixture_spec, mixture_weights, rehydration_weights, run_mixture,
+                           sample_order)
+from tasks.tokenize import RowOwners
 from tests.tasks import chain
 
 TINY = {"n_layer": 2, "n_head": 2, "d_model": 32, "n_positions": 64}
@@ -89,3 +91,55 @@ def test_stage_on_the_sample(filtered_sample, tmp_path):
     planned = run_mixture(chinchilla, store, mixture_spec(chinchilla, tokens, TINY), tokens, TINY,
                           progress=lambda _m: None)
     assert planned["summary"]["budget_tokens"] == 20 * planned["summary"]["parameters"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rehydration (FineWeb-2's upsampling by cluster size)
+
+
+def test_fineweb2_rehydration_table():
+    settings = RehydrationConfig(enabled=True)
+    sizes = np.array([1, 2, 3, 4, 5, 99, 100, 999, 1000, 50_000])
+    assert rehydration_weights(settings.weights, sizes).tolist() == [1, 2, 3, 3, 5, 5, 8, 8, 1, 1]
+    assert rehydration_weights({10: 4, 1: 1}, np.array([1, 9, 10, 11])).tolist() == [1, 1, 4, 4]
+    for weights, message in (({2: 2}, "cluster size 1"), ({1: 1, 0: 3}, ">= 1"), ({1: 0}, "positive")):
+        with pytest.raises(ConfigError, match=message):
+            validate_config({"sources": [{"name": "w", "kind": "warc", "location": "x"}],
+                             "mixture": {"rehydration": {"weights": weights}}})
+
+
+def test_a_full_pass_over_the_rehydrated_pool_repeats_each_row_by_its_weight():
+    shards = [{"source": "a", "sequences": 3}, {"source": "a", "sequences": 2}]
+    repeats = {0: np.array([1, 3, 0]), 1: np.array([2, 1])}
+    order = sample_order({"a": 7}, shards, seed=3, repeats=repeats)
+    counted = {}
+    for shard, row in order.tolist():
+        counted[(shard, row)] = counted.get((shard, row), 0) + 1
+    assert counted == {(0, 0): 1, (0, 1): 3, (1, 0): 2, (1, 1): 1}
+    # more than a pass: whole passes, then a subset of the pool
+    assert len(sample_order({"a": 9}, shards, seed=3, repeats=repeats)) == 9
+
+
+def test_each_packed_row_counts_with_the_document_that_fills_most_of_it():
+    owners = RowOwners(width=10)
+    for tag, tokens in ((5, 4), (2, 12), (7, 3), (9, 2)):  # rows: [5x4, 2x6] [2x6, 7x3, 9x1] [9x1 + padding]
+        owners.add(tag, tokens)
+    assert owners.take(2).tolist() == [2, 2]
+    assert owners.take(1).tolist() == [9]
+
+
+def test_stage_rehydrates_the_sample(filtered_sample):
+    store, inputs = filtered_sample
+    tokenizer = chain.tokenizer(store, inputs)
+    settings = TokenizeConfig(workers=1, seq_len=64, val_fraction=0.05)
+    tokens = {source: chain.tokenize(store, source, inputs[source], tokenizer, settings) for source in inputs}
+    assert all(files_with_role(manifest, "cluster_sizes") for manifest in tokens.values())
+    # the sample did not go through dedup: every row counts as a singleton, which this table doubles
+    config = MixtureConfig(weights={"web": 1.0}, budget_tokens=64 * 100_000, max_epochs=1,
+                           rehydration=RehydrationConfig(enabled=True, weights={1: 2, 2: 3}))
+    manifest = run_mixture(config, store, mixture_spec(config, tokens, TINY), tokens, TINY, progress=lambda _m: None)
+    row = manifest["counts"]["sources"]["web"]
+    assert row["sequences_rehydrated"] == 2 * row["sequences_available"] == row["sequences"]
+    plain = MixtureConfig(weights={"web": 1.0}, budget_tokens=64 * 100_000, max_epochs=1)
+    assert run_mixture(plain, store, mixture_spec(plain, tokens, TINY), tokens, TINY,
+                       progress=lambda _m: None)["counts"]["sources"]["web"]["sequences"] == row["sequences_available"]
