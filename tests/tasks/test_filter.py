@@ -118,7 +118,7 @@ def test_eval_sets_resolve_by_content_and_bad_ones_fail_clearly(tmp_path):
 def test_the_quality_classifier_rule_removes_what_the_model_scores_low(tmp_path):
     from pipeline.config import QualityModelConfig
     from corpus.quality_classifier import train_classifier
-    from tests.pipeline.test_quality_classifier import curated_paragraphs, spam_documents
+    from tests.corpus.test_quality_classifier import curated_paragraphs, spam_documents
 
     good = list(curated_paragraphs())
     model, _ = train_classifier(good[:-20], spam_documents(200), QualityModelConfig(dim=16, seed=3), tmp_path)

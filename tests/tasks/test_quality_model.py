@@ -16,7 +16,7 @@ from pipeline.config import JsonlSource, QualityModelConfig
 from pipeline.runs import get_ref, ref_history
 from pipeline.storage import LocalStore
 from tasks.quality_model import resolve_classifier_model, train_quality_model
-from tests.pipeline.test_quality_classifier import curated_paragraphs, spam_documents
+from tests.corpus.test_quality_classifier import curated_paragraphs, spam_documents
 from tests.raw_inputs import write_jsonl
 from tests.tasks import chain
 
