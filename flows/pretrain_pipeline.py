@@ -36,6 +36,7 @@ from pipeline.runs import RunRecorder
 from pipeline.storage import open_store
 from flows.dag import not_run_after, run_pipeline, stage_names
 from flows.refresh import refresh_artifacts, run_refresh
+from tasks.checkpoints import check_base_checkpoint
 from tasks.stage import RunContext
 
 FLOW_NAME = "pretrain-pipeline"
@@ -64,6 +65,7 @@ def pretrain_pipeline(
     logger = get_run_logger()
     config = load_config(config_path, overrides)
     check_selection(config, only, force)
+    check_base_checkpoint(config, Path(config_path).resolve().parent)  # before any work: can it be used?
     store = open_store(config.storage)
     run_id = flow_run.get_id() or "local"
     recorder = RunRecorder(

@@ -48,6 +48,9 @@ def _resolve_version(store, artifact: str, version: str | None) -> dict:
 
 def cmd_validate(args) -> int:
     config = _config(args)
+    from tasks.checkpoints import check_base_checkpoint
+
+    check_base_checkpoint(config, Path(args.config).resolve().parent)  # the user's checkpoint, if any
     print(f"{args.config}: valid ({len(config.sources)} sources: {', '.join(s.name for s in config.sources)})")
     return 0
 
