@@ -179,6 +179,31 @@ def setup_distributed_environment(accelerator: str) -> None:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 
+def init_process_group(backend: str) -> None:
+    """torch.distributed's process group. On one machine (the rendezvous on the loopback address, ranks started
+    by us or by DeepSpeed's launcher) rank 0 hosts the rendezvous store on a socket bound to 127.0.0.1 — torch's
+    own store listens on every interface. Elsewhere (several nodes, torchrun's agent) torch's defaults apply."""
+    import datetime
+
+    import torch.distributed as dist
+
+    address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if address not in ("127.0.0.1", "localhost") or "TORCHELASTIC_RUN_ID" in os.environ:
+        return  # deepspeed.init_distributed initialises it
+    timeout = datetime.timedelta(minutes=30)
+    if rank == 0:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(128)
+        store = dist.TCPStore("127.0.0.1", port, world, is_master=True, timeout=timeout, wait_for_workers=False,
+                              master_listen_fd=listener.detach(), use_libuv=False)
+    else:
+        store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
 def peak_flops(settings: dict, precision: str, device) -> tuple[float, str]:
     """(peak FLOP/s of one rank, where the figure comes from)."""
     import torch
@@ -315,8 +340,9 @@ def train(spec: dict) -> dict:
 
     settings, data_spec, out = spec["train"], spec["data"], spec["out"]
     torch.manual_seed(settings["seed"])
-    deepspeed.init_distributed(dist_backend=settings.get("backend") or ("gloo" if os.environ["DS_ACCELERATOR"] == "cpu"
-                                                                         else "nccl"))
+    backend = settings.get("backend") or ("gloo" if os.environ["DS_ACCELERATOR"] == "cpu" else "nccl")
+    init_process_group(backend)
+    deepspeed.init_distributed(dist_backend=backend)  # a no-op when the group exists
     rank, world = dist.get_rank(), dist.get_world_size()
     model = build(spec)
     model.config.use_cache = False

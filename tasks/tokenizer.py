@@ -88,8 +88,8 @@ def check_special_tokens(tokenizer, settings: TokenizerConfig, origin: str) -> N
 
 def save_for_transformers(tokenizer, settings: TokenizerConfig, model_max_length: int, directory: Path) -> None:
     """tokenizer.json plus the config files AutoTokenizer.from_pretrained reads, in transformers 4.x and 5.x
-    (5.x writes its own class name, TokenizersBackend, which 4.x does not know: the shared name is
-    PreTrainedTokenizerFast)."""
+    (5.x writes its own class name, TokenizersBackend, and a list of extra_special_tokens, neither of which 4.x
+    reads: the shared spellings are PreTrainedTokenizerFast and additional_special_tokens)."""
     import json
 
     from transformers import PreTrainedTokenizerFast
@@ -103,7 +103,9 @@ def save_for_transformers(tokenizer, settings: TokenizerConfig, model_max_length
     config_path = directory / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config["additional_special_tokens"] = list(settings.role_tokens)  # 4.x's name for extra_special_tokens
+    # 4.x reads a list only as additional_special_tokens (its extra_special_tokens is a dict); 5.x converts it.
+    config.pop("extra_special_tokens", None)
+    config["additional_special_tokens"] = list(settings.role_tokens)
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 

@@ -254,3 +254,28 @@ def test_deepspeed_config_and_data_slices():
     assert config["bf16"] == {"enabled": True}
     seen = np.concatenate([micro_positions(1, 4, a, r, 2, 2) for a in range(2) for r in range(2)])
     assert sorted(seen.tolist()) == list(range(16, 32))  # step 1 reads the second global batch, once
+
+
+def test_a_one_machine_run_listens_on_loopback_only(tmp_path, data):
+    """The rendezvous store and gloo's sockets of a one-process run (and of rank 0 under DeepSpeed's launcher) are
+    bound to 127.0.0.1, not to every interface."""
+    import time
+
+    import psutil
+
+    path = spec(tmp_path, data, "listen", zero_stage=1, steps=5000, checkpoint_every=10_000)
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "model.train", "--spec", str(path)], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        listening: list = []
+        for _ in range(600):  # until training has started (its metrics appear)
+            if (path.parent / "metrics.jsonl").is_file() and (path.parent / "metrics.jsonl").stat().st_size:
+                listening = [c.laddr for c in psutil.Process(process.pid).net_connections(kind="tcp")
+                             if c.status == psutil.CONN_LISTEN]
+                break
+            time.sleep(0.1)
+        assert listening and {address.ip for address in listening} == {"127.0.0.1"}, listening
+    finally:
+        process.kill()
+        process.wait()

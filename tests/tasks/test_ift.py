@@ -126,3 +126,42 @@ def test_epoch_order_is_a_permutation_per_epoch():
     assert order.shape == (25, 2) and set(order[:, 0]) == {0}
     assert sorted(order[:10, 1]) == list(range(10)) and sorted(order[10:20, 1]) == list(range(10))
     assert (epoch_order(10, 2.5, seed=3) == order).all()
+
+
+TRANSFORMERS_4 = "transformers==4.57.6"  # the last 4.x line; much of the ecosystem still runs it
+
+
+@pytest.fixture(scope="session")
+def transformers_4(tmp_path_factory):
+    """A throwaway virtualenv with transformers 4.x (no torch: only its tokenizers are loaded)."""
+    import subprocess
+    import sys
+
+    venv = tmp_path_factory.mktemp("transformers4") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", TRANSFORMERS_4,
+                    "jinja2"],
+                   check=True, timeout=600)
+    return venv / "bin" / "python"
+
+
+def test_exported_tokenizers_load_in_transformers_4_and_5(model_phases, transformers_4, tmp_path):
+    """The IFT export (our tokenizer, its chat template) gives the same ids and rendering in both major versions."""
+    import subprocess
+
+    from transformers import AutoTokenizer
+
+    hf = chain.hf_directory(model_phases.store, model_phases.ift, tmp_path / "hf")
+    text = "Installez le système Debian: «apt-get install» <|end|> 🙂"
+    messages = [{"role": "user", "content": "What is APT?"}, {"role": "assistant", "content": "A package tool."}]
+    program = ("import json, sys; from transformers import AutoTokenizer; t = AutoTokenizer.from_pretrained(sys.argv[1]);"
+               "print(json.dumps([type(t).__name__, t(sys.argv[2])['input_ids'], t.eos_token, t.pad_token,"
+               "t.apply_chat_template(json.loads(sys.argv[3]), tokenize=False)]))")
+    result = subprocess.run([str(transformers_4), "-c", program, str(hf), text, json.dumps(messages)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, ids, eos, pad, rendered = json.loads(result.stdout.strip().splitlines()[-1])
+    current = AutoTokenizer.from_pretrained(str(hf))
+    assert name == "PreTrainedTokenizerFast" and (eos, pad) == ("<|endoftext|>", "<|pad|>")
+    assert ids == current(text)["input_ids"]
+    assert rendered == current.apply_chat_template(messages, tokenize=False)
