@@ -280,7 +280,7 @@ def cmd_demo(args) -> int:
             print(f"\npretraining: loss {counts['first_loss']:.3f} -> {counts['last_loss']:.3f} over {counts['steps']} "
                   f"steps ({counts['tokens']:,} tokens), final perplexity {counts['final_perplexity']:.1f}")
             print(f"loss curve:  {pretrain['uri']}/loss_curve.png")
-            print(f"HF model:    {pretrain['uri']}/hf/  (GPT2LMHeadModel.from_pretrained after download)")
+            print(f"HF model:    {pretrain['uri']}/hf/  (AutoModelForCausalLM.from_pretrained after download)")
         for phase, title in (("cpt", "continued pretraining"), ("ift", "instruction fine-tuning")):
             stage = run["stages"].get(phase, {})
             if stage.get("version"):
