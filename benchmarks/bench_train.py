@@ -1,24 +1,30 @@
-"""Training step benchmark: our DeepSpeed path (model/train.py: engine forward, backward, step, with the
-stage's loss and data) side by side with a plain PyTorch loop on the same model, batch and data, in one
-run, on CPU.
+"""Training step benchmark: our DeepSpeed path (model/train.py's config, loss and data layout: engine forward,
+backward, step) side by side with a plain PyTorch loop on the same transformers model class, weights, batches and
+precision, in one run — for each model family, ZeRO stages 0-3 and bf16.
 
-Run from the repository root (about 2 minutes on a 2-core machine):
+Run from the repository root (about 4 minutes on a 2-core machine):
 
     .venv/bin/python benchmarks/bench_train.py
-    .venv/bin/python benchmarks/bench_train.py --steps 30 --preset tiny
+    .venv/bin/python benchmarks/bench_train.py --presets llama-tiny --configs plain:fp32 zero1:fp32 --steps 20
+    # on a GPU (benchmarks/gpu_check.sh):
+    python benchmarks/bench_train.py --device cuda --presets gpt2-124m llama-125m --configs plain:bf16 zero1:bf16 \\
+        zero3:bf16 --micro-batch 16 --out benchmarks/results/gpu.json
 
-Both start from the same weights (same seed) and read the same batches: rows of a synthetic but
-learnable token stream (the same generator as the tests), micro-batch 8 x seq_len 256, fp32, the demo's
-`tiny` model (4 layers, d 128, vocab 8192). Each is timed over `--steps` optimizer steps after 5 warm-up
-steps, in its own fresh process (one rank, OMP_NUM_THREADS=2), median step time reported:
+Every configuration runs in its own fresh process (one rank; OMP_NUM_THREADS=2 on CPU) from the same seed on the same
+batches: rows of a synthetic but learnable token stream, micro-batch x the preset's context. Timed over `--steps`
+optimizer steps after 3 warm-up steps; the median step time is reported with tokens/s, MFU (FLOPs per token from
+model/sizing.py, attention included, over the device's peak: a GPU's datasheet bf16 figure, else a matrix multiply
+measured on the device — model/train.py's `peak_flops`), peak memory (process RSS on CPU, max allocated on GPU) and
+the loss after the last step.
 
-- deepspeed: `deepspeed.initialize` with the config model/train.py builds (ZeRO stage 0 and 1), torch
-  AdamW as the client optimizer, `engine(inputs)`, `engine.backward`, `engine.step`;
-- plain: `model(inputs)`, `loss.backward()`, `clip_grad_norm_`, `AdamW.step()`, `zero_grad()`.
+- zeroN: `deepspeed.initialize` with the config model/train.py builds (ZeRO stage N), torch AdamW as the client
+  optimizer, `engine(input_ids=...)`, `engine.backward`, `engine.step`; bf16: DeepSpeed's bf16 (bf16 weights, fp32
+  master weights);
+- plain: `model(input_ids=...)`, `loss.backward()`, `clip_grad_norm_`, `AdamW.step()`, `zero_grad()`; bf16: the fp32
+  model under `torch.autocast(bfloat16)`.
 
-Also reported: tokens/s and the estimated MFU for a nominal `--peak-tflops` (CPU peaks vary; the figure
-is for comparison between runs, not an absolute). Writes benchmarks/results/train.json. Target (from the
-issue): deepspeed step time <= 1.15 x plain.
+Writes benchmarks/results/train.json (or --out). Target: a DeepSpeed step <= 1.15 x the plain step of the same
+precision, for stages 0-2 on one rank (ZeRO-3 partitions and gathers every parameter, which costs on one rank).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "train.json"
 TARGET = 1.15
+DEFAULT_CONFIGS = ["plain:fp32", "zero0:fp32", "zero1:fp32", "zero2:fp32", "zero3:fp32", "plain:bf16", "zero1:bf16"]
+VOCAB = 8192
 
 
 def batches(vocab: int, seq_len: int, micro: int, count: int, seed: int = 0):
@@ -48,114 +56,139 @@ def batches(vocab: int, seq_len: int, micro: int, count: int, seed: int = 0):
         yield ((starts[:, None] + steps[:, None] * np.arange(seq_len + 1)) % (vocab - 2) + 2).astype(np.int64)
 
 
-def child(mode: str, zero_stage: int, steps: int, preset: str) -> dict:
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+def peak_memory_mb(device) -> float:
+    """This process's peak memory: max allocated on a GPU, else resident (VmHWM, which excludes a parent's)."""
     import torch
 
-    from model.gpt import GPT, GPTConfig, lm_loss, targets_and_weights
-    from model.train import deepspeed_config, parameter_groups, setup_distributed_environment
-    from pipeline.config import MODEL_PRESETS
-
-    size = MODEL_PRESETS[preset]
-    config = GPTConfig(vocab_size=8192, **size)
-    seq_len, micro = size["n_positions"], 8
-    torch.manual_seed(0)
-    model = GPT(config)
-    optimizer = torch.optim.AdamW(parameter_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
-    if mode == "deepspeed":
-        setup_distributed_environment("cpu")
-        import deepspeed
-        import deepspeed.ops
-
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed(dist_backend="gloo")
-        settings = {"micro_batch": micro, "grad_accum": 1, "clip": 1.0, "zero_stage": zero_stage, "precision": "fp32"}
-        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                       config=deepspeed_config(settings, 1))
-
-        def step(rows):
-            inputs, targets, weights = targets_and_weights(torch.from_numpy(rows), 1)
-            loss = lm_loss(engine(inputs), targets, weights)
-            engine.backward(loss)
-            engine.step()
-            return loss.item()
-    else:
-        def step(rows):
-            inputs, targets, weights = targets_and_weights(torch.from_numpy(rows), 1)
-            loss = lm_loss(model(inputs), targets, weights)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return loss.item()
-
-    times, losses = [], []
-    for index, rows in enumerate(batches(8192, seq_len, micro, steps + 5)):
-        started = time.perf_counter()
-        losses.append(step(rows))
-        if index >= 5:
-            times.append(time.perf_counter() - started)
-    return {"mode": mode, "zero_stage": zero_stage if mode == "deepspeed" else None,
-            "step_s_median": statistics.median(times), "tokens_per_step": micro * seq_len,
-            "parameters": model.num_parameters(), "first_loss": losses[0], "last_loss": losses[-1],
-            "peak_rss_mb": peak_rss_mb()}
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory (VmHWM; ru_maxrss would include a parent's across exec)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
 
 
+def child(preset: str, config: str, steps: int, micro: int, device_name: str) -> dict:
+    accelerator = "cuda" if device_name == "cuda" else "cpu"
+    os.environ.setdefault("DS_ACCELERATOR", accelerator)
+    import torch
+
+    from model.families import build_model, hf_config_dict, resolve_size
+    from model.loss import lm_loss, targets_and_weights
+    from model.sizing import count_parameters, flops_per_token
+    from model.train import deepspeed_config, parameter_groups, peak_flops, setup_distributed_environment
+
+    mode, precision = config.split(":")
+    size = resolve_size(preset, {})
+    model_config = hf_config_dict(size, VOCAB, eos_id=0, pad_id=1)
+    seq_len = size["n_positions"]
+    device = torch.device("cuda:0" if accelerator == "cuda" else "cpu")
+    torch.manual_seed(0)
+    model = build_model(model_config).to(device)
+    model.config.use_cache = False
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    if mode.startswith("zero"):
+        setup_distributed_environment(accelerator)
+        import deepspeed
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend="gloo" if accelerator == "cpu" else "nccl")
+        settings = {"micro_batch": micro, "grad_accum": 1, "clip": 1.0, "zero_stage": int(mode[4:]),
+                    "precision": precision}
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                       config=deepspeed_config(settings, 1))
+
+        def step(rows):
+            inputs, targets, weights = targets_and_weights(torch.from_numpy(rows).to(device), 1)
+            loss = lm_loss(engine(input_ids=inputs, use_cache=False).logits, targets, weights)
+            engine.backward(loss)
+            engine.step()
+            return loss
+    else:
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+        def step(rows):
+            inputs, targets, weights = targets_and_weights(torch.from_numpy(rows).to(device), 1)
+            with autocast:
+                logits = model(input_ids=inputs, use_cache=False).logits
+            loss = lm_loss(logits, targets, weights)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times, loss = [], None
+    for index, rows in enumerate(batches(VOCAB, seq_len, micro, steps + 3)):
+        synchronize()
+        started = time.perf_counter()
+        loss = step(rows).item()
+        synchronize()
+        if index >= 3:
+            times.append(time.perf_counter() - started)
+    peak, source = peak_flops({}, precision, device)
+    step_s = statistics.median(times)
+    tokens_per_s = micro * seq_len / step_s
+    return {"preset": preset, "config": config, "step_s": round(step_s, 5), "tokens_per_s": round(tokens_per_s, 1),
+            "mfu": round(flops_per_token(model_config, seq_len) * tokens_per_s / peak, 4), "peak_source": source,
+            "parameters": count_parameters(model_config), "loss_after": round(loss, 4), "steps": steps,
+            "peak_memory_mb": peak_memory_mb(device),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--peak-tflops", type=float, default=0.2, help="nominal CPU peak for the MFU estimate")
-    parser.add_argument("--child", nargs=2, metavar=("MODE", "ZERO"), help=argparse.SUPPRESS)
+    parser.add_argument("--presets", nargs="+", default=["llama-tiny", "gpt2-tiny"])
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="MODE:PRECISION, MODE plain or zeroN")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--child", nargs=2, metavar=("PRESET", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), args.steps, args.preset)))
+        print(json.dumps(child(args.child[0], args.child[1], args.steps, args.micro_batch, args.device)))
         return
     from shared_machine import machine_info, wait_until_quiet
 
-    busy, waited = wait_until_quiet(60)
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
-    runs: dict[str, list[dict]] = {"plain": [], "deepspeed_zero0": [], "deepspeed_zero1": []}
-    for _ in range(args.repeats):  # interleaved
-        for name, (mode, zero) in (("plain", ("plain", 0)), ("deepspeed_zero0", ("deepspeed", 0)),
-                                   ("deepspeed_zero1", ("deepspeed", 1))):
-            out = subprocess.run([sys.executable, __file__, "--child", mode, str(zero), "--steps", str(args.steps),
-                                  "--preset", args.preset], capture_output=True, text=True, env=env, cwd=REPO,
-                                 check=True)
-            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    figures = {}
-    for name, measured in runs.items():
-        step = statistics.median(r["step_s_median"] for r in measured)
-        tokens_per_s = measured[0]["tokens_per_step"] / step
-        figures[name] = {"step_s": round(step, 5), "tokens_per_s": round(tokens_per_s, 1),
-                         "mfu_at_nominal_peak": round(6 * measured[0]["parameters"] * tokens_per_s /
-                                                      (args.peak_tflops * 1e12), 4),
-                         "first_loss": round(measured[0]["first_loss"], 4), "last_loss": round(measured[0]["last_loss"], 4),
-                         "peak_rss_mb": max(r["peak_rss_mb"] for r in measured)}
-    ratios = {name: round(figures[name]["step_s"] / figures["plain"]["step_s"], 3)
-              for name in ("deepspeed_zero0", "deepspeed_zero1")}
-    results = {"machine": {**machine_info(REPO, ("torch", "deepspeed")), "busy_before_timing": busy,
+    busy, waited = wait_until_quiet(60) if args.device == "cpu" else (None, 0.0)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "DS_ACCELERATOR": args.device, "PYTHONPATH": str(REPO)}
+    runs = []
+    for preset in args.presets:
+        for config in args.configs:
+            out = subprocess.run([sys.executable, __file__, "--child", preset, config, "--steps", str(args.steps),
+                                  "--micro-batch", str(args.micro_batch), "--device", args.device],
+                                 capture_output=True, text=True, env=env, cwd=REPO)
+            if out.returncode != 0:
+                runs.append({"preset": preset, "config": config, "error": out.stderr.strip().splitlines()[-1][:300]})
+                print(f"{preset:12} {config:12} FAILED: {runs[-1]['error']}", flush=True)
+                continue
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            run = runs[-1]
+            print(f"{preset:12} {config:12} {run['step_s'] * 1000:9.1f} ms/step {run['tokens_per_s']:>11,.0f} tokens/s"
+                  f"  MFU {run['mfu']:.3f}  {run['peak_memory_mb']:>8,.0f} MB  loss {run['loss_after']:.3f}", flush=True)
+    plain = {(r["preset"], r["config"].split(":")[1]): r["step_s"] for r in runs
+             if r["config"].startswith("plain") and "step_s" in r}
+    ratios = {f"{r['preset']} {r['config']}": round(r["step_s"] / plain[(r["preset"], r["config"].split(":")[1])], 3)
+              for r in runs if r["config"].startswith("zero") and "step_s" in r
+              and (r["preset"], r["config"].split(":")[1]) in plain}
+    judged = {name: ratio for name, ratio in ratios.items() if "zero3" not in name}
+    results = {"machine": {**machine_info(REPO, ("torch", "deepspeed", "transformers")), "busy_before_timing": busy,
                            "waited_s": waited},
-               "setup": {"preset": args.preset, "micro_batch": 8, "steps": args.steps, "repeats": args.repeats,
-                         "threads": 2, "precision": "fp32", "nominal_peak_tflops": args.peak_tflops},
-               "figures": figures, "step_time_over_plain": ratios,
-               "target": {"max_ratio": TARGET, "met": all(r <= TARGET for r in ratios.values())}}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    for name, figure in figures.items():
-        print(f"{name:16} {figure['step_s'] * 1000:8.1f} ms/step  {figure['tokens_per_s']:>9,.0f} tokens/s  "
-              f"loss {figure['first_loss']:.3f} -> {figure['last_loss']:.3f}")
-    print(f"step time / plain: {ratios}; target <= {TARGET}: {results['target']['met']} -> "
-          f"{RESULTS.relative_to(REPO)}")
+               "setup": {"presets": args.presets, "configs": args.configs, "micro_batch": args.micro_batch,
+                         "steps": args.steps, "device": args.device, "vocab": VOCAB},
+               "runs": runs, "step_time_over_plain": ratios,
+               "target": {"max_ratio": TARGET, "applies_to": "ZeRO 0-2 on one rank",
+                          "met": bool(judged) and all(r <= TARGET for r in judged.values())}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"step time / plain loop of the same precision: {ratios}; target <= {TARGET} (ZeRO 0-2): "
+          f"{results['target']['met']} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,14 @@ the model learns to stop) have loss mask 1, everything else 0. Special tokens sp
 encoding the pieces between them equals encoding the rendered string with the tokenizer (tested), and
 `jinja_template()` renders the same string for `transformers`' `apply_chat_template`.
 
+A model that brings its own tokenizer (continued pretraining or fine-tuning of a user's checkpoint)
+brings its own chat template (Jinja, rendered by transformers' `apply_chat_template`); `TemplateChatEncoder`
+encodes with it: the conversation is rendered once, and the loss mask covers what each assistant turn
+adds to the rendering — the text between the rendering of the turns before it with the generation prompt
+and the rendering including it (its content and the template's end-of-turn marker). A checkpoint without
+a template gets `PLAIN_TEMPLATE`, which needs no new tokens: role names as text, the end-of-text token
+closing each turn.
+
 `ChatPacker` packs several conversations per training row (each followed by end-of-text), never
 splitting one across rows.
 """
@@ -114,6 +122,58 @@ class ChatTemplate:
                 f"{{% if add_generation_prompt %}}{self.assistant}{{{{ '\\n' }}}}{{% endif %}}")
 
 
+# For a checkpoint whose tokenizer has no chat template: plain-text role headers, each turn closed by the
+# end-of-text token (so generation stops there), no token added to the vocabulary.
+PLAIN_TEMPLATE = ("{% for message in messages %}{{ '### ' + message['role'] + ':\\n' + message['content'] + eos_token + "
+                  "'\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '### assistant:\\n' }}{% endif %}")
+
+
+class TemplateNotIncremental(ValueError):
+    """The template renders a conversation so that an earlier rendering is not a prefix of a later one."""
+
+
+class TemplateChatEncoder:
+    """Encodes conversations with a transformers tokenizer and a Jinja chat template (see the module docstring)."""
+
+    def __init__(self, tokenizer, template: str):
+        self.tokenizer, self.template = tokenizer, template
+
+    def render(self, messages: list[dict], generation_prompt: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
+                                                  add_generation_prompt=generation_prompt)
+
+    def assistant_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        """(the rendered conversation, the character spans each assistant turn adds)."""
+        text = self.render(messages)
+        spans = []
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt, through = self.render(messages[:index], True), self.render(messages[:index + 1])
+            if not (text.startswith(through) and through.startswith(prompt)):
+                raise TemplateNotIncremental(f"rendering turn {index} does not extend the rendering of the turns "
+                                             f"before it")
+            spans.append((len(prompt), len(through)))
+        return text, spans
+
+    def encode(self, messages: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, loss mask): 1 on the tokens that start inside an assistant turn's span."""
+        text, spans = self.assistant_spans(messages)
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        starts = np.array([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
+        mask = np.zeros(len(starts), dtype=np.uint8)
+        for begin, end in spans:
+            mask[(starts >= begin) & (starts < end)] = 1
+        return np.asarray(encoded["input_ids"], dtype=np.int64), mask
+
+    def end_of_turn_id(self) -> int | None:
+        """The special token closing an assistant turn (e.g. <|im_end|>), for generation to stop at."""
+        messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+        ids, mask = self.encode(messages)
+        special = set(self.tokenizer.all_special_ids) | {int(i) for i in getattr(self.tokenizer, "added_tokens_decoder", {})}
+        return next((int(i) for i in ids[mask.astype(bool)] if int(i) in special), None)
+
+
 def read_lines(path: Path, max_bytes: int) -> Iterator[bytes | None]:
     """The lines of a JSONL file, plain or zstd-compressed (.zst), without the newline; a line longer
     than `max_bytes` is skipped in chunks (never held in memory) and yields None."""
@@ -148,6 +208,7 @@ class ChatPacker:
         self._mask: list[int] = []
         self.rows: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
+        self.paddings: list[int] = []  # per row: the pad positions closing it
 
     def fits(self, ids: np.ndarray) -> bool:
         return len(ids) + 1 <= self.width
@@ -172,4 +233,5 @@ class ChatPacker:
         padding = self.width - len(self._ids)
         self.rows.append(np.asarray(self._ids + [self.pad_id] * padding, dtype=self.dtype))
         self.masks.append(np.asarray(self._mask + [0] * padding, dtype=np.uint8))
+        self.paddings.append(padding)
         self._ids, self._mask = [], []

@@ -11,7 +11,9 @@ A shard is an uncompressed Arrow IPC stream file (`.arrow`, the format HF `datas
 Documents are concatenated, each followed by the end-of-text token, and cut into rows of seq_len + 1
 tokens (a model reads tokens[:-1] and predicts tokens[1:]); a document may continue into the next row.
 The last, partial row of a shard's stream is filled with the pad token and its pad positions get
-loss_mask 0; trainers never use a pad position as a target, with or without the loss_mask column.
+loss_mask 0; trainers never use a pad position as a target, with or without the loss_mask column. A
+tokenizer whose pad token is its end-of-text token (many checkpoints' tokenizers have no pad token)
+always gets the loss_mask column, so padding cannot be told from a real end of text by its id.
 """
 
 from __future__ import annotations
@@ -106,7 +108,12 @@ class TokenShardWriter:
         self._path: Path | None = None
         self._rows = self._tokens = self._documents = 0
 
-    def write(self, tokens: np.ndarray, masks: np.ndarray) -> None:
+    def write(self, tokens: np.ndarray, masks: np.ndarray, padding: np.ndarray | None = None) -> None:
+        """Append rows; `padding` (per row: pad positions at its end) is needed only where the pad id is the
+        end-of-text id — otherwise padding is told by its id."""
+        if padding is None:
+            padding = np.zeros(len(tokens), np.int64) if self.pad_id == self.eos_id else \
+                np.count_nonzero(tokens == self.pad_id, axis=1)
         start = 0
         while start < len(tokens):
             if self._writer is None:
@@ -116,8 +123,9 @@ class TokenShardWriter:
             rows = tokens[start:start + take]
             self._writer.write_batch(self._batch(rows, masks[start:start + take]))
             self._rows += take
-            self._tokens += int(np.count_nonzero(rows != self.pad_id))
-            self._documents += int(np.count_nonzero(rows == self.eos_id))
+            padded = int(padding[start:start + take].sum())
+            self._tokens += rows.size - padded
+            self._documents += int(np.count_nonzero(rows == self.eos_id)) - (padded if self.pad_id == self.eos_id else 0)
             start += take
             if self._rows >= self.max_rows:
                 self._close_file()

@@ -120,10 +120,11 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
     if run_global(ctx, states, "tokenizer", tokenizer_task, "filter"):
         run_per_source(ctx, states, "tokens", tokenize_task, "filter", "tokenizer")
     config = ctx.config
-    external_base = config.cpt.enabled and config.cpt.init != "pretrain"
+    external_base = config.base_checkpoint() is not None  # the user's checkpoint: no pretraining
     if not external_base and run_global(ctx, states, "mixture", mixture_task, "tokens") and \
             needed(ctx, "pretrain", None):
-        states["pretrain"] = pretrain_task(ctx, states["mixture"].result(), states["tokenizer"].result(),
+        general = {source: states[f"tokens/{source}"].result() for source in config.general_sources()}
+        states["pretrain"] = pretrain_task(ctx, states["mixture"].result(), states["tokenizer"].result(), general,
                                            return_state=True)
     run_later_phases(ctx, states, None if external_base else "pretrain")
     return states
@@ -131,7 +132,7 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
 
 def run_later_phases(ctx: RunContext, states: dict[str, Any], base: str | None) -> None:
     """cpt -> ift -> eval, each when enabled and what it reads completed. `base` names the state of the
-    model artifact CPT starts from (None: cpt.init's checkpoint)."""
+    model artifact CPT (or IFT, with CPT off) starts from (None: the user's checkpoint, cpt.init or ift.init)."""
     config = ctx.config
     tokens = {source.name: f"tokens/{source.name}" for source in config.sources}
 
@@ -147,7 +148,7 @@ def run_later_phases(ctx: RunContext, states: dict[str, Any], base: str | None) 
     if config.cpt.enabled:
         models["cpt"] = "cpt"
     last = "cpt" if config.cpt.enabled else base
-    if config.ift.enabled and needed(ctx, "ift", None) and completed(states, [last]):
+    if config.ift.enabled and needed(ctx, "ift", None) and (last is None or completed(states, [last])):
         states["ift"] = ift_task(ctx, result(last), result("tokenizer"), return_state=True)
     if config.ift.enabled:
         models["ift"] = "ift"

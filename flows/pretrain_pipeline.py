@@ -41,6 +41,7 @@ from pipeline.sources import check_location
 from pipeline.storage import open_store
 from flows.dag import downstream, not_run_after, run_pipeline, stage_names
 from flows.refresh import refresh_artifacts, run_refresh
+from tasks.checkpoints import check_base_checkpoint
 from tasks.stage import RunContext
 
 FLOW_NAME = "pretrain-pipeline"
@@ -77,12 +78,14 @@ def sources_read(config: PipelineConfig, only: list[str] | None, refresh: bool =
 
 def preflight(config: PipelineConfig, config_path: str | Path, only: list[str] | None, force: list[str] | None,
               refresh: bool = False) -> None:
-    """What `pretrain-pipeline run` checks before it starts the flow: the stage names, and that every source the
-    run reads exists and can be read (SourceError naming sources.<name>.location)."""
+    """What `pretrain-pipeline run` checks before it starts the flow: the stage names, that every source the
+    run reads exists and can be read (SourceError naming sources.<name>.location), and the user's checkpoint the
+    model phases start from, if any (ConfigError naming cpt.init or ift.init)."""
     check_selection(config, only, force)
     base_dir = Path(config_path).resolve().parent
     for source in sources_read(config, only, refresh):
         check_location(source, config.storage, base_dir)
+    check_base_checkpoint(config, base_dir)
 
 
 @flow(name=FLOW_NAME, log_prints=True, validate_parameters=True)
@@ -96,6 +99,7 @@ def pretrain_pipeline(
     logger = get_run_logger()
     config = load_config(config_path, overrides)
     check_selection(config, only, force)
+    check_base_checkpoint(config, Path(config_path).resolve().parent)  # before any work: can it be used?
     store = open_store(config.storage)
     run_id = flow_run.get_id() or "local"
     recorder = RunRecorder(

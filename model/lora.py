@@ -1,61 +1,31 @@
-"""LoRA (Hu et al., 2021) for the GPT's linear layers: low-rank adapters trained while the base weights
-stay frozen, then merged into the base so the exported model is a plain GPT.
+"""LoRA (Hu et al., 2021) through PEFT: low-rank adapters on a model's linear layers (nn.Linear, or
+GPT-2's Conv1D) trained while the base weights stay frozen, then merged so the exported model is a
+plain model of its family again.
 
-`add_lora(model, rank, alpha, targets, dropout)` replaces each targeted nn.Linear (c_attn, c_proj, c_fc,
-matched by the last part of the module name) with a `LoRALinear`: y = x W^T + b + (alpha/rank) ·
-dropout(x) A^T B^T, A initialised like a Kaiming-uniform linear layer and B zero, so training starts from
-exactly the base model. Every other parameter (embeddings, LayerNorms, biases) is frozen.
-`merge_lora(model)` folds W += (alpha/rank) · B A back and restores plain nn.Linear modules.
+`targets: auto` adapts every linear layer of the blocks (PEFT's "all-linear": attention and MLP
+projections, never the output head); or a list of module names (`q_proj`, `c_attn`, ...).
 """
 
 from __future__ import annotations
 
-import math
 
-import torch
-from torch import nn
+def add_lora(model, rank: int, alpha: float, targets: list[str] | str, dropout: float = 0.0):
+    """The model wrapped with adapters; only the adapters are trainable (B starts at zero: the base model)."""
+    from peft import LoraConfig, get_peft_model
 
-
-class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (self.dropout(x) @ self.lora_a.t() @ self.lora_b.t()) * self.scale
-
-    def merged(self) -> nn.Linear:
-        with torch.no_grad():
-            self.base.weight += (self.lora_b @ self.lora_a) * self.scale
-        return self.base
+    modules = "all-linear" if targets == "auto" else list(targets)
+    try:
+        return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                                                target_modules=modules, bias="none"))
+    except ValueError as exc:  # no module of that name in this family
+        raise ValueError(f"ift.lora.targets {targets!r}: {exc}") from None
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float, targets: list[str], dropout: float = 0.0) -> int:
-    """Wrap the targeted linear layers, freeze everything else; returns the number of wrapped layers."""
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    wrapped = 0
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if child_name in targets and isinstance(child, nn.Linear):
-                setattr(module, child_name, LoRALinear(child, rank, alpha, dropout))
-                wrapped += 1
-    if not wrapped:
-        raise ValueError(f"LoRA: no linear layer named {targets} in the model")
-    return wrapped
+def merge_lora(model):
+    """Fold every adapter into its base layer; returns the plain transformers model."""
+    return model.merge_and_unload()
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base layer; the model is a plain one again (all parameters trainable)."""
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, LoRALinear):
-                setattr(module, child_name, child.merged())
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    return model
+def lora_state_keys(state: dict) -> bool:
+    """Whether a state dict is that of a model wrapped with adapters."""
+    return any(".lora_A." in key for key in state)

@@ -60,6 +60,9 @@ def cmd_validate(args) -> int:
             problems.append(str(exc))
     if problems:
         raise SourceError("; ".join(problems))
+    from tasks.checkpoints import check_base_checkpoint
+
+    check_base_checkpoint(config, Path(args.config).resolve().parent)  # the user's checkpoint, if any
     print(f"{args.config}: valid ({len(config.sources)} sources: {', '.join(s.name for s in config.sources)}; "
           f"every location readable)")
     return 0
@@ -294,7 +297,7 @@ def cmd_demo(args) -> int:
             print(f"\npretraining: loss {counts['first_loss']:.3f} -> {counts['last_loss']:.3f} over {counts['steps']} "
                   f"steps ({counts['tokens']:,} tokens), final perplexity {counts['final_perplexity']:.1f}")
             print(f"loss curve:  {pretrain['uri']}/loss_curve.png")
-            print(f"HF model:    {pretrain['uri']}/hf/  (GPT2LMHeadModel.from_pretrained after download)")
+            print(f"HF model:    {pretrain['uri']}/hf/  (AutoModelForCausalLM.from_pretrained after download)")
         for phase, title in (("cpt", "continued pretraining"), ("ift", "instruction fine-tuning")):
             stage = run["stages"].get(phase, {})
             if stage.get("version"):

@@ -504,37 +504,61 @@ class MixtureConfig(Section):
         return weights
 
 
-MODEL_PRESETS: dict[str, dict[str, int]] = {
-    # GPT-2 / GPT-3 table sizes; `tiny` trains on a CPU in minutes (the demo)
-    "tiny": {"n_layer": 4, "n_head": 4, "d_model": 128, "n_positions": 256},
-    "gpt2-124m": {"n_layer": 12, "n_head": 12, "d_model": 768, "n_positions": 1024},
-    "gpt2-350m": {"n_layer": 24, "n_head": 16, "d_model": 1024, "n_positions": 1024},
-}
-
-
 class ModelConfig(Section):
-    """The GPT-2-architecture model: a preset, with any size field overridden."""
+    """The architecture trained from scratch: a family, a preset of it, and any size field overridden
+    (model/families.py). CPT and IFT from a checkpoint directory take the checkpoint's own architecture."""
 
-    preset: Literal["tiny", "gpt2-124m", "gpt2-350m"] = "gpt2-124m"
+    family: Literal["gpt2", "llama"] = Field(
+        "llama", description="gpt2: GPT-2 (learned positions, LayerNorm, GELU); llama: RoPE, RMSNorm, SwiGLU, "
+                             "grouped-query attention, no biases")
+    preset: str = Field("llama-125m", description="gpt2-tiny | gpt2-124m | gpt2-350m | gpt2-774m | llama-tiny | "
+                                                   "llama-125m | llama-350m | llama-1b")
     n_layer: int | None = Field(None, ge=1, le=256)
     n_head: int | None = Field(None, ge=1, le=256)
+    n_kv_head: int | None = Field(None, ge=1, le=256, description="llama: key/value heads (grouped-query attention)")
     d_model: int | None = Field(None, ge=8, le=65536)
+    d_ff: int | None = Field(None, ge=8, le=1 << 20, description="the MLP's inner width (llama: SwiGLU)")
     n_positions: int | None = Field(None, ge=8, le=1 << 20)
+    rope_theta: float | None = Field(None, gt=0, description="llama: the RoPE base")
+    tie_embeddings: bool | None = Field(None, description="llama: share the output projection with the embedding")
 
-    def size(self) -> dict[str, int]:
-        sizes = dict(MODEL_PRESETS[self.preset])
-        for name in sizes:
-            if getattr(self, name) is not None:
-                sizes[name] = getattr(self, name)
-        if sizes["d_model"] % sizes["n_head"]:
-            raise ValueError(f"model: d_model {sizes['d_model']} is not divisible by n_head {sizes['n_head']}")
-        return sizes
+    @model_validator(mode="after")
+    def _preset_of_family(self) -> "ModelConfig":
+        from model.families import PRESETS, check_size
+
+        if self.preset not in PRESETS:
+            hint = f"; did you mean gpt2-{self.preset}?" if f"gpt2-{self.preset}" in PRESETS else ""
+            raise ValueError(f"preset {self.preset!r} is unknown; allowed: {', '.join(PRESETS)}{hint}")
+        if PRESETS[self.preset]["family"] != self.family:
+            raise ValueError(f"preset {self.preset!r} is of family {PRESETS[self.preset]['family']!r}, not "
+                             f"{self.family!r}; allowed for {self.family}: "
+                             f"{', '.join(p for p, v in PRESETS.items() if v['family'] == self.family)}")
+        if self.family == "gpt2":
+            wrong = [name for name in ("n_kv_head", "rope_theta") if getattr(self, name) is not None]
+            if wrong:
+                raise ValueError(f"{wrong[0]} is a llama setting; GPT-2 has none")
+        check_size(self.size())
+        return self
+
+    def size(self) -> dict[str, Any]:
+        """The family and every size field: the preset's, with the overrides that are set."""
+        from model.families import resolve_size
+
+        overrides = {name: getattr(self, name) for name in ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff",
+                                                             "n_positions", "rope_theta", "tie_embeddings")}
+        return resolve_size(self.preset, overrides)
 
 
 class TrainConfig(Section):
-    """Pretraining with DeepSpeed: processes, the optimisation, checkpoints."""
+    """Training with DeepSpeed: processes, the optimisation, checkpoints.
 
-    processes: int = Field(1, ge=1, le=4096, json_schema_extra=UNVERSIONED,
+    Versioning rule: a setting that changes what is trained (the global batch: processes x micro_batch x
+    grad_accum; precision; ZeRO stage; the optimisation; the seed) is part of the training stages' artifact
+    versions; a setting that only changes how or where it runs (launcher, hostfile, threads, accelerator,
+    work_dir, how often to log, checkpoint or validate) is not: a resume is exact, so it cannot change the weights.
+    """
+
+    processes: int = Field(1, ge=1, le=4096,
                            description="ranks in all (GPUs, or CPU processes); with a hostfile, the sum of its slots")
     launcher: Literal["auto", "deepspeed", "torchrun"] = Field(
         "auto", json_schema_extra=UNVERSIONED,
@@ -556,17 +580,38 @@ class TrainConfig(Section):
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     clip: float = Field(1.0, ge=0, description="gradient clipping by global norm; 0 disables")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: mixed precision with fp32 master weights (the export holds the fp32 masters)")
     zero_stage: int = Field(1, ge=0, le=3)
     seed: int = Field(0, ge=0)
-    checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints (kept in the artifact store)")
+    checkpoint_every: int = Field(100, ge=1, json_schema_extra=UNVERSIONED,
+                                  description="steps between checkpoints (kept in the artifact store)")
+    keep_checkpoints: int = Field(2, ge=0, json_schema_extra=UNVERSIONED,
+                                  description="the newest checkpoints kept (older ones are deleted); 0 keeps all")
+    eval_every: int = Field(0, ge=0, json_schema_extra=UNVERSIONED,
+                            description="steps between validation losses (on held-out sequences); 0: never")
+    eval_sequences: int = Field(64, ge=1, json_schema_extra=UNVERSIONED,
+                                description="held-out sequences each validation scores")
     log_every: int = Field(10, ge=1, json_schema_extra=UNVERSIONED)
     peak_tflops: float | None = Field(
         None, gt=0, json_schema_extra=UNVERSIONED,
-        description="the accelerator's peak TFLOP/s per rank, for the MFU estimate (e.g. 989 for an H100 in bf16)",
+        description="the accelerator's peak TFLOP/s per rank for MFU; null: a known GPU's datasheet bf16 figure, "
+                    "else a matrix multiply measured on the device at start",
     )
     work_dir: str | None = Field(None, json_schema_extra=UNVERSIONED,
                                  description="local space for token shards and checkpoints; default: system temp")
+
+    @field_validator("hostfile")
+    @classmethod
+    def _hostfile_exists(cls, value: str | None, info: Any) -> str | None:
+        """Relative to pipeline.yaml's directory; made absolute, so the launcher finds it from anywhere."""
+        if value is None:
+            return value
+        base = Path((info.context or {}).get("base_dir") or ".")
+        path = Path(value) if Path(value).is_absolute() else base / value
+        if not path.is_file():
+            raise ValueError(f"no such hostfile: {path}")
+        return str(path.resolve())
 
 
 class PhaseTrainingConfig(Section):
@@ -589,8 +634,11 @@ class CptConfig(PhaseTrainingConfig):
     """Continued pretraining on the domain sources, with replay of general data."""
 
     enabled: bool = Field(False, json_schema_extra=UNVERSIONED)
-    init: str = Field("pretrain", description="pretrain: the pretrain artifact; or a GPT-2-format checkpoint "
-                                              "directory (HF config.json + model.safetensors), relative to pipeline.yaml")
+    init: str = Field(
+        "pretrain", json_schema_extra=UNVERSIONED,  # the version follows the checkpoint's files' sha256, not its path
+        description="pretrain: the pretrain artifact; or a transformers checkpoint directory (config.json, "
+                    "safetensors weights, tokenizer.json) of a supported family (gpt2, llama, mistral, qwen2), local "
+                    "(relative to pipeline.yaml) or s3://bucket/prefix/; its tokenizer then tokenizes the data")
     replay_fraction: float = Field(0.2, ge=0, lt=1, description="share of CPT sequences drawn from general sources")
     budget_tokens: int = Field(1_000_000, ge=1, description="training tokens of the phase (domain + replay)")
     max_epochs: float = Field(4.0, gt=0, description="cap on the repeats of any source")
@@ -601,15 +649,26 @@ class LoraConfig(Section):
     rank: int = Field(8, ge=1, le=1024)
     alpha: float = Field(16.0, gt=0, description="the update is scaled by alpha / rank")
     dropout: float = Field(0.0, ge=0, lt=1)
-    targets: list[Literal["c_attn", "c_proj", "c_fc"]] = Field(
-        ["c_attn", "c_proj", "c_fc"], min_length=1,
-        description="linear layers that get adapters (c_proj: the attention's and the MLP's output projections)")
+    targets: Literal["auto"] | list[str] = Field(
+        "auto", description="auto: every linear layer of the blocks (attention and MLP projections, PEFT's "
+                            "all-linear); or module names, e.g. [q_proj, v_proj] (llama) or [c_attn] (gpt2)")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_named(cls, value: Any) -> Any:
+        if isinstance(value, list) and (not value or not all(re.fullmatch(r"[A-Za-z_][\w.]*", name) for name in value)):
+            raise ValueError("a non-empty list of module names, or auto")
+        return value
 
 
 class IftConfig(PhaseTrainingConfig):
     """Instruction fine-tuning on chat JSONL (see README: chat format)."""
 
     enabled: bool = Field(False, json_schema_extra=UNVERSIONED)
+    init: str = Field(
+        "auto", json_schema_extra=UNVERSIONED,
+        description="auto: the CPT model (or the pretrained one when cpt is off); or, with cpt off, a transformers "
+                    "checkpoint directory (local or s3://) to fine-tune, whose tokenizer and chat template are used")
     chat_files: list[str] = Field([], description="JSONL or .jsonl.zst files (or glob patterns) of conversations; "
                                                   "relative to pipeline.yaml's directory")
     val_fraction: float = Field(0.1, ge=0, lt=0.5, description="conversations held out, by a hash of their content")
@@ -766,10 +825,21 @@ class PipelineConfig(Section):
     @model_validator(mode="after")
     def _model_fits(self) -> "PipelineConfig":
         sizes = self.model.size()
-        if self.runs("pretrain") and sizes["n_positions"] < self.tokenize.seq_len:
+        if self.runs("pretrain") and self.base_checkpoint() is None and sizes["n_positions"] < self.tokenize.seq_len:
             raise ValueError(f"tokenize.seq_len {self.tokenize.seq_len} exceeds the model's n_positions "
                              f"{sizes['n_positions']}")
+        if self.cpt.enabled and self.ift.enabled and self.ift.init != "auto":
+            raise ValueError(f"ift.init: with cpt enabled IFT continues from CPT's model; set ift.init: auto, or "
+                             f"disable cpt to fine-tune {self.ift.init!r} directly")
         return self
+
+    def base_checkpoint(self) -> str | None:
+        """The user's checkpoint the model phases start from (cpt.init or ift.init), or None (pretraining)."""
+        if self.cpt.enabled and self.cpt.init != "pretrain":
+            return self.cpt.init
+        if not self.cpt.enabled and self.ift.enabled and self.ift.init != "auto":
+            return self.ift.init
+        return None
 
     @model_validator(mode="after")
     def _phases_have_data(self) -> "PipelineConfig":
@@ -829,7 +899,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None =
 
 def validate_config(raw: dict[str, Any], origin: str = "config", base_dir: Path | None = None) -> PipelineConfig:
     try:
-        return PipelineConfig.model_validate(raw, context={"base_dir": base_dir})
+        return PipelineConfig.model_validate(raw, context={"base_dir": str(base_dir or Path.cwd())})
     except ValidationError as exc:
         lines = [format_error(err) for err in exc.errors()]
         raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(lines)) from None

@@ -1,20 +1,23 @@
 """CPT stage: continued pretraining (`cpt`) of a model on the domain sources, with replay of general data.
 
-1. The starting model: the `pretrain` artifact (`cpt.init: pretrain`), or any GPT-2-format checkpoint
-   directory (an HF GPT-2 one, or one of our model artifacts downloaded): its size and vocabulary come
-   from its config; the tokenizer must fit its vocabulary and `tokenize.seq_len` its positions.
-2. The data: the train splits of the same `tokens/<source>` artifacts pretraining reads. Domain
-   sources (role: domain) share 1 - `replay_fraction` of `budget_tokens` in proportion to their size;
-   the general sources share `replay_fraction` with pretraining's mixture weights (replay limits
-   catastrophic forgetting). Allocation, epoch caps and the seeded global order are the mixture stage's.
+1. The starting model: the `pretrain` artifact (`cpt.init: pretrain`), or the user's transformers
+   checkpoint directory (local or s3://) of a supported family (tasks/checkpoints.py), checked before any
+   work. A checkpoint's own tokenizer is then the run's tokenizer artifact, so the domain and replay
+   sources are tokenized with it (their `tokens/<source>` versions follow that tokenizer's version).
+2. The data: the train splits of the `tokens/<source>` artifacts. Domain sources (role: domain) share
+   1 - `replay_fraction` of `budget_tokens` in proportion to their size; the general sources share
+   `replay_fraction` with pretraining's mixture weights (replay limits catastrophic forgetting).
+   `replay_fraction` bounds replay from above: when the domain data cannot fill its share (every domain
+   source at `max_epochs`), the phase shrinks — fewer steps — instead of filling up with general data.
+   Allocation, epoch caps and the seeded global order are the mixture stage's.
 3. Training: the same trainer, from the starting weights, with a learning rate re-warmed from zero to
    `cpt.lr` and decayed by cosine to `cpt.min_lr` (a fresh optimizer: the pretraining optimizer state
-   is not carried over).
+   is not carried over); validation loss on the domain sources' held-out split.
 
-Artifact: the model (as pretrain's: weights, config, hf/, metrics, loss curve) plus order.arrow; the
-manifest holds the starting model, the plan and the mixture table.
+Artifact: the model in its own family (hf/, as pretrain's) plus order.arrow; the manifest holds the
+starting model (an artifact, or the checkpoint's files with their sha256), the plan and the mixture table.
 
-The core (`cpt_weights`, `resolve_init`, `run_cpt`) knows nothing of Prefect; `cpt_task` is the thin task.
+The core (`cpt_weights`, `replay_bounded`, `run_cpt`) knows nothing of Prefect; `cpt_task` is the thin task.
 """
 
 from __future__ import annotations
@@ -22,73 +25,37 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.artifacts import ArtifactWriter, StageSpec, sha256_file
+from pipeline.artifacts import ArtifactWriter, StageSpec
 from pipeline.config import CptConfig, MixtureConfig, TrainConfig
 from pipeline.storage import ObjectStore
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from .checkpoints import StartingModel, artifact_model, check_base_checkpoint
 from .mixture import allocate, mixture_table, mixture_weights, sample_order, train_shards
 from .stage import RunContext, execute_stage, upstream_manifest
-from .training import (TrainingJob, describe_plan, export_model, fetch_model, fetch_token_shards, loss_summary, plan,
-                       publish_curve, run_training, write_order)
+from .tokenizer import conventions
+from .training import (TrainingJob, describe_plan, export_model, fetch_token_shards, loss_summary, model_summary, plan,
+                       publish_curve, run_training, val_shards, write_order)
 
 STAGE = "cpt"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: any supported family from an HF directory; replay_fraction an upper bound
 
 
-@dataclass(frozen=True)
-class StartingModel:
-    """Where a phase starts: a model artifact, or a checkpoint directory on disk."""
+def check_fits(model_config: dict, tokenizer: dict, seq_len: int, where: str) -> None:
+    """The tokenizer's ids and the sequences fit the model."""
+    from model.families import context_length
 
-    name: str                   # e.g. pretrain@<version>, or the directory
-    identity: str               # what the version depends on: an artifact version or the files' sha256
-    manifest: dict | None = None
-    directory: Path | None = None
-
-    def fetch(self, store: ObjectStore, work: Path) -> tuple[Path, dict]:
-        """(safetensors weights, GPTConfig fields) in `work`."""
-        if self.manifest is not None:
-            return fetch_model(store, self.manifest, work / "init")
-        from model.export import load_checkpoint, save_weights
-
-        model = load_checkpoint(self.directory)
-        path = work / "init.safetensors"
-        save_weights(model, path)
-        return path, model.config.to_dict()
-
-
-def artifact_model(manifest: dict) -> StartingModel:
-    return StartingModel(f"{manifest['artifact']}@{manifest['version']}", manifest["version"], manifest=manifest)
-
-
-def resolve_init(reference: str, pretrain: dict | None, base_dir: Path) -> StartingModel:
-    """`cpt.init` -> the starting model; `pretrain` is the model artifact `cpt.init: pretrain` means (the
-    pretrain artifact, or in a refresh the CPT model behind the promoted one)."""
-    if reference == "pretrain":
-        if pretrain is None:
-            raise ValueError("cpt.init: pretrain, but there is no pretrain artifact to start from")
-        return artifact_model(pretrain)
-    directory = Path(reference) if Path(reference).is_absolute() else base_dir / reference
-    files = sorted(path for path in directory.glob("*")
-                   if path.name in ("config.json", "model_config.json", "model.safetensors", "pytorch_model.bin"))
-    if not files:
-        raise ValueError(f"cpt.init: {reference!r} is neither `pretrain` nor a GPT-2 checkpoint directory "
-                         f"(config.json or model_config.json, and model.safetensors) in {directory}")
-    identity = ",".join(f"{path.name}:{sha256_file(path)}" for path in files)
-    return StartingModel(str(directory), identity, directory=directory)
-
-
-def check_fits(model: dict, vocab_size: int, seq_len: int, where: str) -> None:
-    if vocab_size > model["vocab_size"]:
+    vocab_size = conventions(tokenizer)["vocab_size"]
+    if vocab_size > model_config["vocab_size"]:
         raise ValueError(f"{where}: the tokenizer has {vocab_size} ids but the model's vocabulary is "
-                         f"{model['vocab_size']}; tokenize with the model's own tokenizer (tokenizer.path)")
-    if seq_len > model["n_positions"]:
-        raise ValueError(f"{where}: tokenize.seq_len {seq_len} exceeds the model's n_positions {model['n_positions']}")
+                         f"{model_config['vocab_size']}; tokenize with the model's own tokenizer")
+    positions = context_length(model_config)
+    if positions is not None and seq_len > positions:
+        raise ValueError(f"{where}: tokenize.seq_len {seq_len} exceeds the model's context of {positions} positions")
 
 
 def cpt_weights(domain_tokens: dict[str, int], general_weights: dict[str, float], replay: float) -> dict[str, float]:
@@ -99,6 +66,20 @@ def cpt_weights(domain_tokens: dict[str, int], general_weights: dict[str, float]
     weights = {source: (1 - replay) * tokens / total for source, tokens in domain_tokens.items()}
     weights.update({source: replay * weight for source, weight in general_weights.items()})
     return weights
+
+
+def replay_bounded(allocation: dict[str, int], domain: list[str], replay: float) -> dict[str, int]:
+    """Cut the general sources' sequences so they are at most `replay` of the phase (the allocation moved a
+    capped domain source's share to them)."""
+    domain_sequences = sum(allocation[source] for source in domain)
+    general = {source: count for source, count in allocation.items() if source not in domain}
+    limit = math.floor(replay / (1 - replay) * domain_sequences)
+    if sum(general.values()) <= limit:
+        return allocation
+    from .mixture import largest_remainder
+
+    cut = largest_remainder(limit, {source: count for source, count in general.items() if count}) if limit else {}
+    return {source: allocation[source] if source in domain else cut.get(source, 0) for source in allocation}
 
 
 def cpt_spec(settings: CptConfig, train: TrainConfig, mixture: MixtureConfig, start: StartingModel,
@@ -118,14 +99,17 @@ def run_cpt(settings: CptConfig, train: TrainConfig, mixture: MixtureConfig, sto
     started = time.monotonic()
     inputs = {**domain, **general}
     first = next(iter(inputs.values()))
-    seq_len, vocab_size = first["summary"]["seq_len"], first["summary"]["vocab_size"]
+    seq_len = first["summary"]["seq_len"]
+    check_fits(start.config, tokenizer, seq_len, "cpt.init")
     train_tokens = {source: manifest["counts"]["splits"]["train"]["tokens"] for source, manifest in inputs.items()}
     general_weights = mixture_weights(mixture, {s: train_tokens[s] for s in general}) if general else {}
     replay = settings.replay_fraction if general else 0.0
     weights = cpt_weights({s: train_tokens[s] for s in domain}, general_weights, replay)
     available = {source: manifest["counts"]["splits"]["train"]["sequences"] for source, manifest in inputs.items()}
-    allocation, shortfall = allocate(math.ceil(settings.budget_tokens / seq_len), available, weights,
-                                     settings.max_epochs)
+    wanted = math.ceil(settings.budget_tokens / seq_len)
+    allocation, shortfall = allocate(wanted, available, weights, settings.max_epochs)
+    allocation = replay_bounded(allocation, list(domain), replay)
+    shortfall = wanted - sum(allocation.values())
     shards = train_shards(inputs)
     order = sample_order(allocation, shards, settings.seed)
     table = mixture_table(inputs, weights, allocation, seq_len)
@@ -133,35 +117,47 @@ def run_cpt(settings: CptConfig, train: TrainConfig, mixture: MixtureConfig, sto
         row["role"] = "domain" if row["source"] in domain else "replay"
         progress(f"cpt: {row['source']:12} {row['role']:7} weight {row['weight']:.3f}  {row['sequences']:>8} "
                  f"sequences  {row['epochs']:.2f} epochs")
+    if shortfall:
+        progress(f"cpt: the domain data fills {sum(allocation[s] for s in domain)} sequences at max_epochs "
+                 f"{settings.max_epochs}; replay stays at most {replay:.0%}, so the phase is {shortfall} sequences "
+                 f"shorter than budget_tokens")
     phase = settings.train_settings(train)
     writer = ArtifactWriter(store, spec)
     with tempfile.TemporaryDirectory(dir=train.work_dir, prefix="cpt-") as scratch:
         work = Path(scratch)
-        weights_path, model = start.fetch(store, work)
-        check_fits(model, vocab_size, seq_len, "cpt.init")
-        planned = plan({k: model[k] for k in ("n_layer", "d_model", "n_positions")}, model["vocab_size"], seq_len,
-                       phase, len(order))
+        init = start.hf_dir(store, work)
+        planned = plan(start.config, seq_len, phase, len(order))
         progress(f"cpt: starting from {start.name}; " + describe_plan(STAGE, planned, seq_len))
         order_path = write_order(order, work / "order.arrow")
         data = {"shards": fetch_token_shards(store, shards, work / "shards"), "order": str(order_path),
-                "seq_len": seq_len, "pad_id": first["summary"]["pad_id"]}
-        job = TrainingJob(STAGE, phase, model, planned["steps"], data, init=str(weights_path))
-        metrics = run_training(job, store, spec.prefix, work, progress)
-        files = export_model(job, writer, store, tokenizer, work, metrics)
+                "seq_len": seq_len, "pad_id": conventions(tokenizer)["pad_id"],
+                "val_shards": fetch_token_shards(store, val_shards(list(domain.values())), work / "val")}
+        job = TrainingJob(STAGE, phase, start.config, planned["steps"], data, init=str(init))
+        metrics, sync = run_training(job, store, spec.prefix, work, progress)
+        files = export_model(job, writer, store, tokenizer, work, metrics, sync)
         files.append(writer.put_file("order.arrow", order_path, "order", rows=len(order)))
+        described = model_summary(work / "hf")
     losses = loss_summary(STAGE, metrics, progress)
     counts = {"steps": losses["steps"], "tokens": planned["tokens"], "first_loss": losses["first_loss"],
               "last_loss": losses["last_loss"], "final_perplexity": losses["final_perplexity"],
               "domain_sequences": sum(allocation[s] for s in domain),
               "replay_sequences": sum(allocation[s] for s in general), "shortfall_sequences": shortfall}
-    summary = {**planned, "init": start.name, "seq_len": seq_len, "shards": shards, "table": table,
-               "seconds": round(time.monotonic() - started, 1), "tokens_per_s_median": losses["tokens_per_s_median"]}
+    summary = {**planned, **described, "init": start.name, "init_lineage": start.lineage(), "seq_len": seq_len,
+               "shards": shards, "table": table, "seconds": round(time.monotonic() - started, 1),
+               "tokens_per_s_median": losses["tokens_per_s_median"], "mfu_median": losses["mfu_median"],
+               "last_val_loss": losses.get("last_val_loss")}
     return writer.commit(files, counts, summary=summary)
 
 
 def starting_model(ctx: RunContext, base_result: dict | None) -> StartingModel:
-    base = upstream_manifest(ctx, base_result) if base_result is not None else None
-    return resolve_init(ctx.config.cpt.init, base, ctx.base_dir)
+    """The model artifact `base_result` (the pretrain artifact, or in a refresh the CPT model behind the promoted
+    one), else the user's checkpoint (cpt.init)."""
+    if base_result is not None:
+        return artifact_model(upstream_manifest(ctx, base_result))
+    checkpoint = check_base_checkpoint(ctx.config, ctx.base_dir)
+    if checkpoint is None:
+        raise ValueError("cpt.init: pretrain, but there is no pretrain artifact to start from")
+    return checkpoint
 
 
 @task(name="cpt", task_run_name="cpt", cache_policy=NO_CACHE, persist_result=False)

@@ -47,8 +47,9 @@ from pipeline.units import read_shard
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from .cpt import StartingModel, artifact_model, resolve_init
+from .checkpoints import StartingModel, artifact_model, check_base_checkpoint
 from .stage import RunContext, execute_stage, upstream_manifest
+from .tokenizer import conventions, tokenizer_json
 from .tokenize import split_of
 from .training import fetch_token_shards
 
@@ -225,28 +226,27 @@ def run_eval(settings: EvalConfig, store: ObjectStore, spec: StageSpec, models: 
     import torch
     from tokenizers import Tokenizer
 
-    from model.export import load_weights
-    from model.gpt import GPT, GPTConfig
+    from model.checkpoint import load_model
+    from model.families import context_length
 
     started = time.monotonic()
     torch.set_num_threads(threads)
-    specials = tokenizer["counts"]["special_token_ids"]
-    eos_id, pad_id = specials[tokenizer["config"]["eos_token"]], specials[tokenizer["config"]["pad_token"]]
+    found = conventions(tokenizer)
+    eos_id, pad_id = found["eos_id"], found["pad_id"]
     writer = ArtifactWriter(store, spec)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="eval-") as scratch:
         work = Path(scratch)
-        [entry] = [e for e in files_with_role(tokenizer, "tokenizer") if e["path"] == "tokenizer.json"]
-        encoder = Tokenizer.from_file(str(fetch_verified(store, tokenizer, entry, work)))
+        encoder = Tokenizer.from_str(tokenizer_json(store, tokenizer))
         data = prepare_data(settings, store, encoder, eos_id, pad_id, tokens, filters, ift, mc_files, work)
         progress(f"eval: {sum(len(rows) for rows in data['val'].values())} held-out sequences, "
                  f"{data['documents']} held-out documents -> "
                  + ", ".join(f"{name} {len(items)} items" for name, items in data["multiple_choice"].items())
                  + f", last_word {len(data['last_word'])} items")
         for name, model_ref in models.items():
-            weights, config = model_ref.fetch(store, work / name)
-            model = load_weights(GPT(GPTConfig(**config)), weights).eval()
-            results[name] = evaluate_model(torch_scorer(model, config["n_positions"]), data, general, domain)
+            model = load_model(model_ref.hf_dir(store, work / name)).eval()
+            results[name] = evaluate_model(torch_scorer(model, context_length(model_ref.config)), data, general,
+                                           domain)
             progress(f"eval: {name:8} ({model_ref.name}) general perplexity {results[name]['general_perplexity']:.2f}"
                      + (f", domain {results[name]['domain_perplexity']:.2f}" if domain else ""))
         path = work / "results.json"
@@ -306,9 +306,10 @@ def models_to_compare(ctx: RunContext, results: dict[str, dict | None]) -> tuple
     artifact CPT started from, `cpt`, `ift`) and the gate's ref."""
     config = ctx.config
     models: dict[str, StartingModel] = {}
-    base = upstream_manifest(ctx, results["base"]) if results.get("base") else None
-    models["base"] = resolve_init(config.cpt.init, base, ctx.base_dir) if config.cpt.enabled else \
-        resolve_init("pretrain", base, ctx.base_dir)
+    if results.get("base"):
+        models["base"] = artifact_model(upstream_manifest(ctx, results["base"]))
+    else:  # the user's checkpoint (cpt.init or ift.init)
+        models["base"] = check_base_checkpoint(config, ctx.base_dir)
     for phase in ("cpt", "ift"):
         if results.get(phase):
             models[phase] = artifact_model(upstream_manifest(ctx, results[phase]))

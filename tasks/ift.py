@@ -1,5 +1,5 @@
-"""IFT stage: instruction fine-tuning (`ift`) of the CPT model (or the pretrained one when CPT is off)
-on chat JSONL.
+"""IFT stage: instruction fine-tuning (`ift`) of the CPT model (or the pretrained one when CPT is off, or
+with CPT off the user's checkpoint named by `ift.init`) on chat JSONL.
 
 1. Data: every line of `ift.chat_files` (JSONL or .jsonl.zst) is validated (corpus/chat.py); a line
    that is not a valid conversation, is longer than `max_line_mb`, or whose encoding does not fit one
@@ -7,15 +7,18 @@ on chat JSONL.
    columns as ingest's) and counted; a file that cannot be read to the end (`unreadable_file`, e.g. a
    truncated .zst) keeps the lines read before the error.
 2. Split: a conversation is held out (val) when a hash of its messages falls below `val_fraction`.
-3. Encoding: the chat template on the tokenizer's role tokens; loss mask 1 on the assistant contents
-   and the <|end|> closing them, 0 elsewhere; conversations are packed, several per row, never split
-   (corpus/chat.py ChatPacker), into token shards with the `loss_mask` column (train/ and val/).
+3. Encoding: with the pipeline's own tokenizer, the chat template on its role tokens (loss mask 1 on the
+   assistant contents and the <|end|> closing them, 0 elsewhere); with a checkpoint's tokenizer, the
+   checkpoint's own chat template (or a plain-text one when it has none), the mask on what each assistant
+   turn adds (corpus/chat.py). A conversation the template cannot render incrementally is quarantined
+   (template_not_incremental). Conversations are packed, several per row, never split (ChatPacker), into
+   token shards with the `loss_mask` column (train/ and val/).
 4. Training: the same trainer from the starting weights, `epochs` passes over the train rows in a seeded
    order per epoch, a re-warmed learning rate; full fine-tuning or LoRA (`ift.method: lora`; adapters
    merged into the exported weights). Loss is computed on masked positions only.
 
-Artifact: the model (weights, config, hf/ with the chat template in tokenizer_config.json, metrics,
-loss curve), the token shards (the eval stage scores the held-out assistant turns from val/), the
+Artifact: the model (hf/ with the chat template, and a generation config that stops at the end of an
+assistant turn; metrics, loss curve), the token shards (the eval stage scores the held-out assistant turns from val/), the
 order and the quarantine.
 
 The core (`read_conversations`, `encode_conversations`, `run_ift`) knows nothing of Prefect; `ift_task`
@@ -35,24 +38,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.artifacts import ArtifactWriter, StageSpec, fetch_verified, files_with_role, sha256_file
-from corpus.chat import ChatPacker, ChatReject, ChatTemplate, parse_chat_line, read_lines
-from pipeline.config import IftConfig, TrainConfig
+from corpus.chat import (PLAIN_TEMPLATE, ChatPacker, ChatReject, ChatTemplate, TemplateChatEncoder,
+                         TemplateNotIncremental, parse_chat_line, read_lines)
 from corpus.decontamination import eval_files
+from corpus.token_shards import TokenShardWriter, token_dtype, token_schema
+from pipeline.artifacts import ArtifactWriter, StageSpec, fetch_verified, files_with_role, sha256_file
+from pipeline.config import IftConfig, TrainConfig
 from pipeline.shards import QUARANTINE_SCHEMA
 from pipeline.storage import ObjectStore
-from corpus.token_shards import TokenShardWriter, token_dtype, token_schema
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from .cpt import StartingModel, artifact_model, check_fits
+from .checkpoints import StartingModel, artifact_model, check_base_checkpoint
+from .cpt import check_fits
 from .stage import RunContext, execute_stage, upstream_manifest
-from .tokenizer import id_fraction
-from .training import (TrainingJob, describe_plan, export_model, loss_summary, plan, publish_curve, run_training,
-                       write_order)
+from .tokenizer import conventions, id_fraction
+from .training import (TrainingJob, describe_plan, export_model, loss_summary, model_summary, plan, publish_curve,
+                       run_training, tokenizer_files, write_order)
 
 STAGE = "ift"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: a checkpoint's own chat template; transformers model classes
 SPLITS = ("train", "val")
 SAMPLE_BYTES = 2048
 
@@ -78,9 +83,11 @@ def split_of(messages: list[dict], val_fraction: float) -> str:
     return "val" if id_fraction(key, "ift-validation") < val_fraction else "train"
 
 
-def encode_conversations(conversations: Iterator[tuple[str, list[dict] | ChatReject, bytes]], tokenizer,
-                         template: ChatTemplate, seq_len: int, val_fraction: float, eos_id: int, pad_id: int,
-                         dtype: np.dtype) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[tuple], dict]:
+def encode_conversations(conversations: Iterator[tuple[str, list[dict] | ChatReject, bytes]],
+                         encode: Callable[[list[dict]], tuple[np.ndarray, np.ndarray]], seq_len: int,
+                         val_fraction: float, eos_id: int, pad_id: int,
+                         dtype: np.dtype) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], list[tuple],
+                                                   dict]:
     """Packed (tokens, masks) per split, the quarantined lines and the counts."""
     packers = {split: ChatPacker(seq_len + 1, eos_id, pad_id, dtype) for split in SPLITS}
     quarantined: list[tuple] = []
@@ -89,7 +96,12 @@ def encode_conversations(conversations: Iterator[tuple[str, list[dict] | ChatRej
     for origin, item, line in conversations:
         counts["lines"] += 1
         if not isinstance(item, ChatReject):
-            ids, mask = template.encode(tokenizer, item)
+            try:
+                ids, mask = encode(item)
+            except TemplateNotIncremental as exc:
+                ids, mask = None, None
+                item = ChatReject("template_not_incremental", str(exc)[:300])
+        if not isinstance(item, ChatReject):
             if packers["train"].fits(ids):
                 split = split_of(item, val_fraction)
                 packers[split].add(ids, mask)
@@ -99,7 +111,7 @@ def encode_conversations(conversations: Iterator[tuple[str, list[dict] | ChatRej
             item = ChatReject("too_long", f"{len(ids) + 1} tokens; a row holds {seq_len + 1} (tokenize.seq_len + 1)")
         counts["quarantined"][item.reason] = counts["quarantined"].get(item.reason, 0) + 1
         quarantined.append(("chat", origin, item.reason, item.detail, len(line), line[:SAMPLE_BYTES]))
-    rows = {split: packers[split].finish() for split in SPLITS}
+    rows = {split: (*packers[split].finish(), np.asarray(packers[split].paddings, np.int64)) for split in SPLITS}
     for split in SPLITS:
         counts["splits"][split]["sequences"] = len(rows[split][0])
     counts["conversations"] = sum(counts["splits"][split]["conversations"] for split in SPLITS)
@@ -124,26 +136,43 @@ def ift_spec(settings: IftConfig, train: TrainConfig, seq_len: int, start: Start
                      rebuild=rebuild)
 
 
+def chat_encoder(store: ObjectStore, tokenizer: dict, work: Path) -> tuple[Callable, str, int]:
+    """(encode(messages) -> (ids, mask), the Jinja chat template the export carries, the end-of-turn id)."""
+    found = conventions(tokenizer)
+    if found["origin"].startswith("checkpoint:"):
+        from transformers import AutoTokenizer
+
+        directory = work / "tokenizer"
+        directory.mkdir()
+        tokenizer_files(store, tokenizer, directory)
+        hf = AutoTokenizer.from_pretrained(str(directory))
+        template = hf.chat_template or PLAIN_TEMPLATE
+        encoder = TemplateChatEncoder(hf, template)
+        return encoder.encode, template, encoder.end_of_turn_id() or found["eos_id"]
+    from tokenizers import Tokenizer
+
+    [entry] = [e for e in files_with_role(tokenizer, "tokenizer") if e["path"] == "tokenizer.json"]
+    encoder = Tokenizer.from_file(str(fetch_verified(store, tokenizer, entry, work)))
+    template = ChatTemplate(*tokenizer["config"]["role_tokens"])
+    return (lambda messages: template.encode(encoder, messages)), template.jinja_template(), found["end_of_turn_id"]
+
+
 def run_ift(settings: IftConfig, train: TrainConfig, seq_len: int, store: ObjectStore, spec: StageSpec,
             start: StartingModel, tokenizer: dict, chat_files: list[Path],
             progress: Callable[[str], None] = print) -> dict:
     """Validate, encode, pack, fine-tune, export (with the chat template) and commit; returns the manifest."""
-    from tokenizers import Tokenizer
-
     started = time.monotonic()
     writer = ArtifactWriter(store, spec)
-    specials = tokenizer["counts"]["special_token_ids"]
-    template = ChatTemplate(*tokenizer["config"]["role_tokens"])
-    eos_id, pad_id = specials[tokenizer["config"]["eos_token"]], specials[tokenizer["config"]["pad_token"]]
-    vocab_size = tokenizer["counts"]["vocab_size"]
+    found = conventions(tokenizer)
+    eos_id, pad_id = found["eos_id"], found["pad_id"]
     phase = settings.train_settings(train)
+    check_fits(start.config, tokenizer, seq_len, "ift (the starting model)")
     with tempfile.TemporaryDirectory(dir=train.work_dir, prefix="ift-") as scratch:
         work = Path(scratch)
-        [tokenizer_file] = [e for e in files_with_role(tokenizer, "tokenizer") if e["path"] == "tokenizer.json"]
-        encoder = Tokenizer.from_file(str(fetch_verified(store, tokenizer, tokenizer_file, work)))
-        dtype = token_dtype(vocab_size)
+        encode, chat_template, end_of_turn = chat_encoder(store, tokenizer, work)
+        dtype = token_dtype(found["vocab_size"])
         rows, quarantined, counts = encode_conversations(
-            read_conversations(chat_files, int(settings.max_line_mb * 1024 * 1024)), encoder, template, seq_len,
+            read_conversations(chat_files, int(settings.max_line_mb * 1024 * 1024)), encode, seq_len,
             settings.val_fraction, eos_id, pad_id, dtype)
         train_rows = len(rows["train"][0])
         if not train_rows:
@@ -167,33 +196,39 @@ def run_ift(settings: IftConfig, train: TrainConfig, seq_len: int, store: Object
             pq.write_table(pa.Table.from_pylist([dict(zip(QUARANTINE_SCHEMA.names, row)) for row in quarantined],
                                                 schema=QUARANTINE_SCHEMA), path)
             files.append(writer.put_file("quarantine/quarantine.parquet", path, "quarantine", rows=len(quarantined)))
-        weights, model = start.fetch(store, work)
-        check_fits(model, vocab_size, seq_len, "ift (the starting model)")
+        init = start.hf_dir(store, work)
         order = epoch_order(train_rows, settings.epochs, settings.seed)
         files.append(writer.put_file("order.arrow", write_order(order, work / "order.arrow"), "order", rows=len(order)))
-        planned = plan({k: model[k] for k in ("n_layer", "d_model", "n_positions")}, model["vocab_size"], seq_len,
-                       phase, len(order))
+        planned = plan(start.config, seq_len, phase, len(order))
         progress(f"ift: starting from {start.name}; " + describe_plan(STAGE, planned, seq_len) +
                  (f"; LoRA rank {settings.lora.rank} on {settings.lora.targets}" if settings.method == "lora" else ""))
         lora = settings.lora.model_dump(mode="json") if settings.method == "lora" else None
-        job = TrainingJob(STAGE, phase, model, planned["steps"],
+        job = TrainingJob(STAGE, phase, start.config, planned["steps"],
                           {"shards": [str(local["train"])], "order": str(work / "order.arrow"), "seq_len": seq_len,
-                           "pad_id": pad_id}, init=str(weights), lora=lora)
-        metrics = run_training(job, store, spec.prefix, work, progress)
-        files += export_model(job, writer, store, tokenizer, work, metrics, chat_template=template.jinja_template())
+                           "pad_id": pad_id, "val_shards": [str(local["val"])] if "val" in local else []},
+                          init=str(init), lora=lora)
+        metrics, sync = run_training(job, store, spec.prefix, work, progress)
+        files += export_model(job, writer, store, tokenizer, work, metrics, sync, chat_template=chat_template,
+                              end_of_turn_id=end_of_turn)
+        described = model_summary(work / "hf")
     losses = loss_summary(STAGE, metrics, progress)
     counts.update({"steps": losses["steps"], "first_loss": losses["first_loss"], "last_loss": losses["last_loss"]})
-    summary = {**planned, "init": start.name, "method": settings.method, "seq_len": seq_len,
-               "pad_id": pad_id, "seconds": round(time.monotonic() - started, 1),
+    summary = {**planned, **described, "init": start.name, "init_lineage": start.lineage(), "method": settings.method,
+               "seq_len": seq_len, "pad_id": pad_id, "end_of_turn_id": end_of_turn,
+               "seconds": round(time.monotonic() - started, 1), "last_val_loss": losses.get("last_val_loss"),
                "table": [{"split": split, **counts["splits"][split]} for split in SPLITS]}
     return writer.commit(files, counts, summary=summary)
 
 
 @task(name="ift", task_run_name="ift", cache_policy=NO_CACHE, persist_result=False)
-def ift_task(ctx: RunContext, model_result: dict, tokenizer_result: dict) -> Any:
-    """Resolve the version from the starting model, the tokenizer, the chat files and the config."""
+def ift_task(ctx: RunContext, model_result: dict | None, tokenizer_result: dict) -> Any:
+    """Resolve the version from the starting model (the CPT or pretrained artifact, or with CPT off the
+    checkpoint of ift.init), the tokenizer, the chat files and the config."""
     config = ctx.config
-    start = artifact_model(upstream_manifest(ctx, model_result))
+    start = artifact_model(upstream_manifest(ctx, model_result)) if model_result is not None \
+        else check_base_checkpoint(config, ctx.base_dir)
+    if start is None:
+        raise ValueError("ift: no model to fine-tune (enable cpt or pretraining, or set ift.init)")
     tokenizer = upstream_manifest(ctx, tokenizer_result)
     chat_files = eval_files(config.ift.chat_files, ctx.base_dir, key="ift.chat_files")
     spec = ift_spec(config.ift, config.train, config.tokenize.seq_len, start, tokenizer, chat_files,

@@ -4,7 +4,7 @@ trainer reads (`mixture`, one artifact over the `tokens/<source>` of every sourc
 1. Weights: `mixture.weights` per source (GPT-3 Table 2.2 style), or with `method: temperature` a
    weight proportional to the source's size (train tokens) to the power `alpha`.
 2. Budget: `budget_tokens`, or `chinchilla`: tokens_per_parameter x the parameters of the configured
-   model (GPT-2 architecture, the tokenizer's vocabulary); in sequences: ceil(budget / seq_len).
+   model (its family and size, the tokenizer's vocabulary); in sequences: ceil(budget / seq_len).
 3. Allocation: sequences per source in proportion to the weights (largest remainders, so the total is
    exact), each source capped at `max_epochs` passes over its data; what a capped source cannot take
    goes to the others by weight; if every source is capped the shortfall is reported.
@@ -36,7 +36,8 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from model.sizing import chinchilla_tokens, gpt2_parameters
+from model.families import hf_config_dict
+from model.sizing import chinchilla_tokens, count_parameters
 from pipeline.artifacts import ArtifactWriter, StageSpec, fetch_verified, files_with_role
 from pipeline.config import MixtureConfig
 from pipeline.storage import ObjectStore
@@ -170,9 +171,9 @@ def rehydration_repeats(settings: MixtureConfig, store: ObjectStore, inputs: dic
     return repeats
 
 
-def budget(settings: MixtureConfig, model_size: dict[str, int], vocab_size: int) -> tuple[int, dict]:
+def budget(settings: MixtureConfig, model_size: dict, vocab_size: int) -> tuple[int, dict]:
     """(training tokens, how they were chosen)."""
-    parameters = gpt2_parameters(model_size["n_layer"], model_size["d_model"], model_size["n_positions"], vocab_size)
+    parameters = count_parameters(hf_config_dict(model_size, vocab_size, eos_id=0, pad_id=None))
     plan = {"parameters": parameters, "chinchilla_tokens": chinchilla_tokens(parameters, settings.tokens_per_parameter)}
     if settings.budget_tokens == "chinchilla":
         return plan["chinchilla_tokens"], {**plan, "budget": "chinchilla"}

@@ -37,10 +37,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from .stage import RunContext, execute_stage, upstream_manifest
-from .tokenizer import id_fraction, special_ids, tokenizer_json
+from .tokenizer import conventions, id_fraction, tokenizer_json
 
 STAGE = "tokens"
-CODE_VERSION = "2"  # 2: cluster_sizes/ for rehydration
+CODE_VERSION = "2"  # 2: cluster_sizes/ for rehydration; the tokenizer's own BOS; a loss mask when pad is eos
 SPLITS = ("train", "val")
 CLUSTER_SIZES = "cluster_sizes"
 
@@ -112,7 +112,8 @@ def tokenize_unit(job: TokenizeJob, unit: ShardUnit) -> dict:
     settings = job.settings
     tokenizer = _tokenizer(job.tokenizer)
     dtype = token_dtype(job.vocab_size)
-    schema = token_schema(settings.seq_len, dtype, settings.loss_mask)
+    # A tokenizer that pads with its end-of-text token needs the mask to tell padding from a real end of text.
+    schema = token_schema(settings.seq_len, dtype, settings.loss_mask or job.pad_id == job.eos_id)
     counts = new_counts()
     with UnitOutput(job.store, job.prefix, unit.key, settings, STAGE) as out:
         def writer(split: str) -> TokenShardWriter:
@@ -128,30 +129,35 @@ def tokenize_unit(job: TokenizeJob, unit: ShardUnit) -> dict:
         owners = RowOwners(settings.seq_len + 1)
         cluster_sizes: list[np.ndarray] = []  # per train row
 
-        def emit(split: str, rows: tuple[np.ndarray, np.ndarray]) -> None:
+        def emit(split: str, rows: tuple[np.ndarray, np.ndarray], tail: bool = False) -> None:
             if len(rows[0]):
                 counts["splits"][split]["sequences"] += len(rows[0])
-                writers[split].write(*rows)
+                padding = np.zeros(len(rows[0]), np.int64)
+                if tail:  # the last, partial row: its padding is where the mask is 0
+                    padding[-1] = np.count_nonzero(rows[1][-1] == 0)
+                writers[split].write(*rows, padding=padding)
                 if split == "train":
                     cluster_sizes.append(owners.take(len(rows[0])))
 
         for batch in read_shard(job.store, job.upstream, unit.entry, out.scratch,
                                 columns=["id", "text", "minhash_cluster_size"], batch_rows=settings.batch_documents):
             ids, texts, sizes = (batch.column(index).to_pylist() for index in range(3))
-            for doc_id, size, encoding in zip(ids, sizes, tokenizer.encode_batch(texts, add_special_tokens=False)):
+            # The tokenizer's own special tokens (a checkpoint's BOS) are added; the end of text is ours to add once.
+            for doc_id, size, encoding in zip(ids, sizes, tokenizer.encode_batch(texts, add_special_tokens=True)):
                 split = split_of(doc_id, settings.val_fraction)
+                document = encoding.ids[:-1] if encoding.ids and encoding.ids[-1] == job.eos_id else encoding.ids
                 counts["documents_in"] += 1
                 counts["documents"] += 1
                 counts["splits"][split]["documents"] += 1
-                counts["splits"][split]["tokens"] += len(encoding.ids) + 1
+                counts["splits"][split]["tokens"] += len(document) + 1
                 if split == "train":
-                    owners.add(size or 1, len(encoding.ids) + 1)
-                emit(split, packers[split].add(encoding.ids))
+                    owners.add(size or 1, len(document) + 1)
+                emit(split, packers[split].add(document))
         for split in SPLITS:
             tail = packers[split].finish()
             if len(tail[0]):
                 counts["padding_tokens"] += int(np.count_nonzero(tail[1][0] == 0))
-            emit(split, tail)
+            emit(split, tail, tail=True)
             writers[split].close()
         if cluster_sizes:
             path = out.scratch / f"{unit.key}.parquet"
@@ -173,10 +179,9 @@ def tokenize_spec(source: str, settings: TokenizeConfig, upstream: dict, tokeniz
 def run_tokenize(source: str, settings: TokenizeConfig, store: ObjectStore, spec: StageSpec, upstream: dict,
                  tokenizer: dict, progress: Callable[[str], None] = print) -> dict:
     """Tokenize and pack every document shard of `source` in `upstream` and commit; returns the manifest."""
-    specials = special_ids(tokenizer)
+    found = conventions(tokenizer)
     job = TokenizeJob(source, settings, store, upstream, spec.prefix, tokenizer_json(store, tokenizer),
-                      eos_id=specials[tokenizer["config"]["eos_token"]], pad_id=specials[tokenizer["config"]["pad_token"]],
-                      vocab_size=tokenizer["counts"]["vocab_size"])
+                      eos_id=found["eos_id"], pad_id=found["pad_id"], vocab_size=found["vocab_size"])
     writer = ArtifactWriter(store, spec)
     dtype = token_dtype(job.vocab_size)
     return run_shard_stage(writer, upstream, tokenize_unit, job, settings, new_counts(), name=f"tokenize[{source}]",

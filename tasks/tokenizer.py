@@ -1,6 +1,8 @@
 """Tokenizer stage: a byte-level BPE trained with HF `tokenizers` on a sample of the filtered documents of
 every source (or an existing tokenizer.json named in the config), stored as an artifact that
-`transformers.PreTrainedTokenizerFast.from_pretrained(dir)` loads.
+`transformers.AutoTokenizer.from_pretrained(dir)` loads (transformers 4.x and 5.x). When the model phases
+start from a user's checkpoint (cpt.init / ift.init), the artifact is instead that checkpoint's own
+tokenizer, so the data of those phases is tokenized as the model was trained to read it.
 
 The special tokens come first in the vocabulary: end-of-text (id 0), padding (id 1), then the chat-role
 tokens instructions fine-tuning uses. Text that happens to contain a special token's spelling is
@@ -9,8 +11,13 @@ encoded as plain text (`encode_special_tokens`), so a web page cannot inject an 
 The sample: documents whose id hashes below `sample_fraction`, sources in config order, until
 `sample_max_mb` of text. Training is deterministic: the same sample and settings give the same file.
 
-The core (`train_tokenizer`, `run_tokenizer`, `load_tokenizer`) knows nothing of Prefect;
-`tokenizer_task` is the thin task.
+Every tokenizer artifact records its conventions (summary.conventions): the end-of-text, padding and
+beginning-of-text ids, whether the tokenizer adds a BOS itself, whether it pads with its end-of-text
+token (then token shards carry a loss mask, so padding is never confused with a real end of text), its
+vocabulary and whether it has a chat template. Consumers read them through `conventions()`.
+
+The core (`train_tokenizer`, `run_tokenizer`, `import_checkpoint_tokenizer`, `load_tokenizer`) knows
+nothing of Prefect; `tokenizer_task` is the thin task.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from prefect.cache_policies import NO_CACHE
 from .stage import RunContext, execute_stage, upstream_manifest
 
 STAGE = "tokenizer"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: tokenizer_class loadable by transformers 4.x, conventions in the summary
 MB = 1024 * 1024
 
 
@@ -80,7 +87,11 @@ def check_special_tokens(tokenizer, settings: TokenizerConfig, origin: str) -> N
 
 
 def save_for_transformers(tokenizer, settings: TokenizerConfig, model_max_length: int, directory: Path) -> None:
-    """tokenizer.json plus the config files PreTrainedTokenizerFast.from_pretrained reads."""
+    """tokenizer.json plus the config files AutoTokenizer.from_pretrained reads, in transformers 4.x and 5.x
+    (5.x writes its own class name, TokenizersBackend, and a list of extra_special_tokens, neither of which 4.x
+    reads: the shared spellings are PreTrainedTokenizerFast and additional_special_tokens)."""
+    import json
+
     from transformers import PreTrainedTokenizerFast
 
     fast = PreTrainedTokenizerFast(
@@ -89,12 +100,55 @@ def save_for_transformers(tokenizer, settings: TokenizerConfig, model_max_length
         extra_special_tokens=list(settings.role_tokens), model_max_length=model_max_length,
     )
     fast.save_pretrained(str(directory))
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    # 4.x reads a list only as additional_special_tokens (its extra_special_tokens is a dict); 5.x converts it.
+    config.pop("extra_special_tokens", None)
+    config["additional_special_tokens"] = list(settings.role_tokens)
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
-def tokenizer_spec(settings: TokenizerConfig, inputs: dict[str, dict], seq_len: int, file_sha256: str | None,
-                   rebuild: str | None = None) -> StageSpec:
-    config = settings.versioned()
+def trained_conventions(tokenizer, settings: TokenizerConfig) -> dict[str, Any]:
+    eos, pad = tokenizer.token_to_id(settings.eos_token), tokenizer.token_to_id(settings.pad_token)
+    return {"eos_id": eos, "pad_id": pad, "bos_id": None, "adds_bos": False, "pad_is_eos": False,
+            "vocab_size": tokenizer.get_vocab_size(), "end_of_turn_id": tokenizer.token_to_id(settings.role_tokens[-1]),
+            "chat_template": False, "origin": "trained"}
+
+
+def checkpoint_conventions(directory: Path) -> tuple[dict[str, Any], str]:
+    """(conventions, the encoder as AutoTokenizer configures it) of a checkpoint's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from model.checkpoint import read_chat_template
+
+    hf = AutoTokenizer.from_pretrained(str(directory))
+    if hf.eos_token_id is None:
+        raise ValueError(f"{directory}: the tokenizer has no end-of-text (eos) token; set eos_token in its "
+                         f"tokenizer_config.json")
+    backend = hf.backend_tokenizer
+    probe = backend.encode("a", add_special_tokens=True).ids
+    adds_bos = hf.bos_token_id is not None and bool(probe) and probe[0] == hf.bos_token_id
+    pad = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
+    vocab_size = max(backend.get_vocab_size(with_added_tokens=True), max(backend.get_vocab(True).values()) + 1)
+    return ({"eos_id": hf.eos_token_id, "pad_id": pad, "bos_id": hf.bos_token_id, "adds_bos": adds_bos,
+             "pad_is_eos": pad == hf.eos_token_id, "vocab_size": vocab_size, "end_of_turn_id": None,
+             "chat_template": read_chat_template(directory) is not None, "origin": f"checkpoint:{directory}"},
+            backend.to_str())
+
+
+def conventions(manifest: dict) -> dict[str, Any]:
+    """A tokenizer artifact's ids and habits (see the module docstring)."""
+    return dict(manifest["summary"]["conventions"])
+
+
+def tokenizer_spec(settings: TokenizerConfig | None, inputs: dict[str, dict], seq_len: int, file_sha256: str | None,
+                   rebuild: str | None = None, checkpoint: dict[str, str] | None = None) -> StageSpec:
     identity: dict[str, Any] = {"model_max_length": seq_len}
+    if checkpoint is not None:  # a checkpoint's own tokenizer: its files are all that matter
+        return StageSpec(stage=STAGE, artifact=STAGE, code_version=CODE_VERSION, config={},
+                         inputs={**identity, "checkpoint_tokenizer": checkpoint}, rebuild=rebuild)
+    config = settings.versioned()
     if file_sha256:  # a given tokenizer: its content and the special tokens matter, the corpus does not
         identity["tokenizer_sha256"] = file_sha256
         config = {key: config[key] for key in ("eos_token", "pad_token", "role_tokens")}
@@ -132,7 +186,29 @@ def run_tokenizer(settings: TokenizerConfig, store: ObjectStore, spec: StageSpec
     seconds = round(time.monotonic() - started, 3)
     progress(f"tokenizer: {counts['vocab_size']} tokens from {counts['sample_documents']} documents "
              f"({counts['sample_bytes'] / MB:.1f} MB) in {seconds} s")
-    return writer.commit(files, counts, summary={"seconds": seconds, "given": str(given) if given else None})
+    return writer.commit(files, counts, summary={"seconds": seconds, "given": str(given) if given else None,
+                                                 "conventions": trained_conventions(tokenizer, settings)})
+
+
+def import_checkpoint_tokenizer(store: ObjectStore, spec: StageSpec, directory: Path,
+                                progress: Callable[[str], None] = print) -> dict:
+    """Commit a checkpoint's own tokenizer files as the artifact, with its conventions and the encoder the
+    tokenize workers use (encoder.json: the backend tokenizer as AutoTokenizer configures it, BOS included)."""
+    from model.checkpoint import TOKENIZER_FILES
+
+    writer = ArtifactWriter(store, spec)
+    found, encoder = checkpoint_conventions(directory)
+    with tempfile.TemporaryDirectory(prefix="tokenizer-") as scratch:
+        encoder_path = Path(scratch) / "encoder.json"
+        encoder_path.write_text(encoder, encoding="utf-8")
+        files = [writer.put_file(name, directory / name, "tokenizer") for name in TOKENIZER_FILES
+                 if (directory / name).is_file()]
+        files.append(writer.put_file("encoder.json", encoder_path, "encoder"))
+    counts = {"vocab_size": found["vocab_size"]}
+    progress(f"tokenizer: the checkpoint's own ({found['vocab_size']} ids, eos {found['eos_id']}, "
+             f"{'adds BOS ' + str(found['bos_id']) if found['adds_bos'] else 'no BOS'}, "
+             f"{'pads with eos' if found['pad_is_eos'] else 'pad ' + str(found['pad_id'])}) from {directory}")
+    return writer.commit(files, counts, summary={"conventions": found, "checkpoint": str(directory)})
 
 
 def load_tokenizer(store: ObjectStore, manifest: dict, scratch: Path):
@@ -146,14 +222,12 @@ def load_tokenizer(store: ObjectStore, manifest: dict, scratch: Path):
 
 
 def tokenizer_json(store: ObjectStore, manifest: dict) -> str:
-    """tokenizer.json as a string (what the tokenize workers build their tokenizer from)."""
+    """The encoder as a JSON string (what the tokenize workers build their tokenizer from): a checkpoint's
+    encoder.json, else tokenizer.json."""
     with tempfile.TemporaryDirectory() as scratch:
-        [entry] = [entry for entry in files_with_role(manifest, "tokenizer") if entry["path"] == "tokenizer.json"]
+        entries = {entry["path"]: entry for entry in manifest["files"]}
+        entry = entries.get("encoder.json") or entries["tokenizer.json"]
         return fetch_verified(store, manifest, entry, Path(scratch)).read_text(encoding="utf-8")
-
-
-def special_ids(manifest: dict) -> dict[str, int]:
-    return dict(manifest["counts"]["special_token_ids"])
 
 
 @task(name="tokenizer", task_run_name="tokenizer", cache_policy=NO_CACHE, persist_result=False)
@@ -161,12 +235,22 @@ def tokenizer_task(ctx: RunContext, filter_results: dict[str, dict]) -> Any:
     """Resolve the version from the filtered documents (or the given file) and the config; skip or build."""
     inputs = {source: upstream_manifest(ctx, result) for source, result in filter_results.items()}
     settings = ctx.config.tokenizer
+    seq_len = ctx.config.tokenize.seq_len
+    from model.checkpoint import TOKENIZER_FILES
+
+    from .checkpoints import check_base_checkpoint
+
+    base = check_base_checkpoint(ctx.config, ctx.base_dir)
+    if base is not None:  # the model phases start from the user's checkpoint: its tokenizer, not ours
+        names = {name: sha for name, sha in base.checkpoint.files.items() if name in TOKENIZER_FILES}
+        spec = tokenizer_spec(settings, inputs, seq_len, None, rebuild=ctx.rebuild_token(STAGE), checkpoint=names)
+        return execute_stage(ctx, spec, lambda emit: import_checkpoint_tokenizer(ctx.store, spec,
+                                                                                 base.checkpoint.directory, emit))
     given = None
     if settings.path:
         given = Path(settings.path) if Path(settings.path).is_absolute() else ctx.base_dir / settings.path
         if not given.is_file():
             raise FileNotFoundError(f"tokenizer.path: {given} does not exist")
-    seq_len = ctx.config.tokenize.seq_len
     spec = tokenizer_spec(settings, inputs, seq_len, sha256_file(given) if given else None,
                           rebuild=ctx.rebuild_token(STAGE))
     return execute_stage(ctx, spec, lambda emit: run_tokenizer(settings, ctx.store, spec, inputs, seq_len, given,

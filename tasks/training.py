@@ -2,14 +2,17 @@
 model/train.py under DeepSpeed in a subprocess per rank, keeping its checkpoints in the artifact store,
 and exporting the result. Not a stage itself.
 
-`train_and_export` writes the run spec (model size, local shards and order, optimisation, optional
-initial weights and LoRA), launches `python -m model.train` directly (one process), through DeepSpeed's
-launcher (several, or a hostfile for several nodes) or torchrun, and streams every log line into the
-caller's progress function. Each checkpoint the trainer announces is uploaded into the uncommitted
-artifact under checkpoints/, so a retried or rerun task downloads the latest one and resumes from it.
-At the end it puts into the artifact the fp32 weights (safetensors), the model config, an HF
-`GPT2LMHeadModel` directory (hf/) with the tokenizer (and, for chat models, the chat template in its
-tokenizer_config.json), the per-step metrics (JSON lines) and the loss curve (PNG).
+`run_training` writes the run spec (the model's transformers config or starting checkpoint, local shards
+and order, optimisation, optional LoRA), launches `python -m model.train` directly (one process), through
+DeepSpeed's launcher (several, or a hostfile for several nodes) or torchrun, and streams every log line
+into the caller's progress function. Each checkpoint the trainer announces is uploaded into the
+uncommitted artifact under checkpoints/ (with the metrics so far), and the ones it pruned are deleted
+there, so a retried or rerun task downloads the latest one and resumes from it with its whole history.
+
+`export_model` puts into the artifact the HF directory the trainer wrote (hf/: config.json and fp32
+model.safetensors of the model's own family) completed with the tokenizer, the generation config (which
+ids end a generation: end-of-text, and the end of an assistant turn for chat models) and the chat
+template; plus the per-step metrics (JSON lines), the loss curve (PNG) and the kept checkpoints' files.
 """
 
 from __future__ import annotations
@@ -26,32 +29,36 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from model.sizing import chinchilla_tokens, gpt2_parameters
+from model.sizing import chinchilla_tokens, count_parameters, flops_per_token
 from model.train import free_port
-from pipeline.artifacts import ArtifactWriter, fetch_verified, files_with_role, read_manifest
+from pipeline.artifacts import ArtifactWriter, fetch_verified, files_with_role, read_manifest, sha256_file
 from pipeline.config import TrainConfig
 from pipeline.storage import NotFound, ObjectStore, join_key
 from pipeline.units import report_fraction, text_bar
 
 REPO = Path(__file__).resolve().parents[1]
 ORDER_SCHEMA = pa.schema([pa.field("shard", pa.uint32(), nullable=False), pa.field("row", pa.uint32(), nullable=False)])
+# The spec's training settings: everything of train: the trainer reads (the rest is the launcher's).
+TRAINER_SETTINGS = {"micro_batch", "grad_accum", "lr", "min_lr", "warmup_steps", "weight_decay", "betas", "eps", "clip",
+                    "precision", "zero_stage", "seed", "checkpoint_every", "keep_checkpoints", "eval_every",
+                    "eval_sequences", "log_every", "peak_tflops", "accelerator"}
 
 
-def plan(model_size: dict[str, int], vocab_size: int, seq_len: int, settings: TrainConfig, sequences: int,
-         epochs: float = 1.0) -> dict:
-    """Parameters, steps, tokens, training FLOPs (~6·N·D) and the Chinchilla-optimal token count.
-    `steps: auto` is `epochs` passes over `sequences`."""
-    parameters = gpt2_parameters(model_size["n_layer"], model_size["d_model"], model_size["n_positions"], vocab_size)
+def plan(model_config: dict, seq_len: int, settings: TrainConfig, sequences: int, epochs: float = 1.0) -> dict:
+    """Parameters, steps, tokens, training FLOPs (attention included, model/sizing.py) and the Chinchilla-optimal
+    token count of a run over `sequences` (`steps: auto` is `epochs` passes over them)."""
+    parameters = count_parameters(model_config)
     global_batch = settings.micro_batch * settings.grad_accum * settings.processes
     steps = settings.steps if settings.steps != "auto" else max(int(sequences * epochs // global_batch), 1)
     tokens = steps * global_batch * seq_len
-    return {"parameters": parameters, "global_batch_sequences": global_batch, "steps": steps, "tokens": tokens,
-            "flops": 6 * parameters * tokens, "chinchilla_tokens": chinchilla_tokens(parameters),
-            "tokens_per_parameter": round(tokens / parameters, 3)}
+    per_token = flops_per_token(model_config, seq_len)
+    return {"family": model_config["model_type"], "parameters": parameters, "global_batch_sequences": global_batch,
+            "steps": steps, "tokens": tokens, "flops_per_token": per_token, "flops": per_token * tokens,
+            "chinchilla_tokens": chinchilla_tokens(parameters), "tokens_per_parameter": round(tokens / parameters, 3)}
 
 
 def describe_plan(phase: str, planned: dict, seq_len: int) -> str:
-    return (f"{phase} plan: {planned['parameters']:,} parameters, {planned['steps']} steps of "
+    return (f"{phase} plan: {planned['family']}, {planned['parameters']:,} parameters, {planned['steps']} steps of "
             f"{planned['global_batch_sequences']} x {seq_len} tokens = {planned['tokens']:,} tokens, "
             f"{planned['flops']:.3g} FLOPs; Chinchilla-optimal: {planned['chinchilla_tokens']:,} tokens")
 
@@ -81,14 +88,22 @@ def fetch_token_shards(store: ObjectStore, shards: list[dict], directory: Path) 
     return paths
 
 
-def fetch_data(store: ObjectStore, mixture: dict, work: Path) -> dict:
-    """The token shards a mixture's order points at, and the order, downloaded and verified."""
+def val_shards(tokens: list[dict]) -> list[dict]:
+    """The validation-split token files of some `tokens/<source>` manifests, as {artifact, version, path}."""
+    return [{"artifact": manifest["artifact"], "version": manifest["version"], "path": entry["path"]}
+            for manifest in tokens for entry in files_with_role(manifest, "tokens")
+            if entry.get("split") == "val" and entry.get("sequences")]
+
+
+def fetch_data(store: ObjectStore, mixture: dict, work: Path, validation: list[dict] | None = None) -> dict:
+    """The token shards a mixture's order points at, the order, and the validation shards, downloaded and verified."""
     paths = fetch_token_shards(store, mixture["summary"]["shards"], work / "shards")
     [order] = list(files_with_role(mixture, "order"))
     order_path = fetch_verified(store, mixture, order, work)
     first = mixture["summary"]["shards"][0]
     return {"shards": paths, "order": str(order_path), "seq_len": mixture["summary"]["seq_len"],
-            "pad_id": read_manifest(store, first["artifact"], first["version"])["summary"]["pad_id"]}
+            "pad_id": read_manifest(store, first["artifact"], first["version"])["summary"]["pad_id"],
+            "val_shards": fetch_token_shards(store, validation or [], work / "val")}
 
 
 def launch_command(settings: TrainConfig, spec_path: Path, port: int) -> list[str]:
@@ -116,11 +131,14 @@ class CheckpointSync:
     def __init__(self, store: ObjectStore, prefix: str, local: Path):
         self.store, self.prefix, self.local = store, join_key(prefix, "checkpoints"), local
 
-    def upload(self, tag: str) -> None:
+    def upload(self, tag: str, pruned: list[str] = ()) -> None:
         for path in sorted((self.local / tag).rglob("*")):
             if path.is_file():
                 self.store.put_file(join_key(self.prefix, tag, path.relative_to(self.local / tag).as_posix()), path)
         self.store.put_bytes(join_key(self.prefix, "latest"), tag.encode())  # written last: the tag is complete
+        for old in pruned:  # after `latest` moved on: a crash in between leaves an extra checkpoint, never none
+            for key in list(self.store.list(join_key(self.prefix, old) + "/")):
+                self.store.delete(key)
 
     def restore(self) -> str | None:
         """Download the latest uploaded checkpoint (if an earlier attempt left one); returns its tag."""
@@ -135,6 +153,18 @@ class CheckpointSync:
         (self.local / "latest").write_text(tag)
         return tag
 
+    def entries(self) -> list[dict]:
+        """Manifest entries of the checkpoint files kept in the artifact (from the local copies)."""
+        entries = []
+        for tag in sorted(path.name for path in self.local.glob("step*") if path.is_dir()):
+            for path in sorted((self.local / tag).rglob("*")):
+                if path.is_file() and self.store.exists(join_key(self.prefix, tag, path.relative_to(self.local / tag)
+                                                                  .as_posix())):
+                    entries.append({"path": f"checkpoints/{tag}/{path.relative_to(self.local / tag).as_posix()}",
+                                    "role": "checkpoint", "bytes": path.stat().st_size, "sha256": sha256_file(path),
+                                    "tag": tag})
+        return entries
+
 
 def loss_curve(metrics: list[dict], path: Path, title: str) -> None:
     import matplotlib
@@ -143,9 +173,14 @@ def loss_curve(metrics: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
-    axis.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], linewidth=1.2)
+    axis.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], linewidth=1.2, label="training loss")
+    validation = [m for m in metrics if "val_loss" in m]
+    if validation:
+        axis.plot([m["step"] for m in validation], [m["val_loss"] for m in validation], "o-", linewidth=1.2,
+                  label="validation loss")
+        axis.legend()
     axis.set_xlabel("step")
-    axis.set_ylabel("training loss")
+    axis.set_ylabel("loss (nats per token)")
     axis.set_title(title)
     axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -159,26 +194,24 @@ class TrainingJob:
 
     phase: str
     settings: TrainConfig
-    model: dict          # GPTConfig fields, vocab_size included
+    model_config: dict   # the transformers config (with model_type) of the model trained
     steps: int
-    data: dict           # shards, order, seq_len, pad_id (local paths)
-    init: str | None = None   # safetensors weights to start from
+    data: dict           # shards, order, seq_len, pad_id, val_shards (local paths)
+    init: str | None = None   # a local HF directory to start from (else: initialised from model_config)
     lora: dict | None = None  # rank, alpha, dropout, targets
 
     def run_spec(self, work: Path) -> dict:
-        train = self.settings.model_dump(mode="json", include={
-            "micro_batch", "grad_accum", "lr", "min_lr", "warmup_steps", "weight_decay", "betas", "eps", "clip",
-            "precision", "zero_stage", "seed", "checkpoint_every", "log_every", "peak_tflops", "accelerator"})
+        train = self.settings.model_dump(mode="json", include=TRAINER_SETTINGS)
         train["steps"] = self.steps
-        return {"model": self.model, "data": self.data, "train": train, "resume": True, "init": self.init,
-                "lora": self.lora,
+        return {"model": {"config": self.model_config, "init": self.init}, "data": self.data, "train": train,
+                "resume": True, "lora": self.lora,
                 "out": {"metrics": str(work / "metrics.jsonl"), "checkpoints": str(work / "checkpoints"),
-                        "weights": str(work / "model.safetensors")}}
+                        "export": str(work / "hf")}}
 
 
 def run_training(job: TrainingJob, store: ObjectStore, prefix: str, work: Path,
-                 progress: Callable[[str], None]) -> list[dict]:
-    """Train (resuming from a checkpoint stored under `prefix` by an earlier attempt); the metrics."""
+                 progress: Callable[[str], None]) -> tuple[list[dict], CheckpointSync]:
+    """Train (resuming from a checkpoint stored under `prefix` by an earlier attempt); the metrics of every step."""
     sync = CheckpointSync(store, prefix, work / "checkpoints")
     (work / "checkpoints").mkdir(exist_ok=True)
     if (tag := sync.restore()) is not None:
@@ -197,8 +230,9 @@ def run_training(job: TrainingJob, store: ObjectStore, prefix: str, work: Path,
         line = line.rstrip()
         tail = (tail + [line])[-40:]
         if line.startswith('{"checkpoint"'):
-            sync.upload(json.loads(line)["checkpoint"])
-            progress(f"{job.phase}: checkpoint {json.loads(line)['checkpoint']} stored")
+            announced = json.loads(line)
+            sync.upload(announced["checkpoint"], announced.get("pruned", []))
+            progress(f"{job.phase}: checkpoint {announced['checkpoint']} stored")
         elif line.startswith('{"step"'):
             step = json.loads(line)["step"]
             progress(f"{job.phase}: {text_bar(step, job.steps)} step {step}/{job.steps} {line}")
@@ -206,53 +240,77 @@ def run_training(job: TrainingJob, store: ObjectStore, prefix: str, work: Path,
         elif line.startswith(("{", "resumed", "error")) or "Traceback" in line:
             progress(line)
     if process.wait() != 0:
+        errors = [line.removeprefix("error: ") for line in tail if line.startswith("error: ")]
+        if errors:  # the trainer's own one-line reason (divergence, an incompatible resume)
+            raise RuntimeError(f"{job.phase}: {errors[-1]}")
         raise RuntimeError(f"{job.phase}: training failed (exit {process.returncode}); last output:\n" + "\n".join(tail))
-    return [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    return metrics, sync
+
+
+def tokenizer_files(store: ObjectStore, tokenizer: dict, directory: Path) -> None:
+    """The tokenizer artifact's files that transformers reads, into an HF directory."""
+    (directory / ".download").mkdir(parents=True, exist_ok=True)
+    for entry in files_with_role(tokenizer, "tokenizer"):
+        shutil.copy(fetch_verified(store, tokenizer, entry, directory / ".download"), directory / entry["path"])
+    shutil.rmtree(directory / ".download", ignore_errors=True)
+
+
+def complete_hf_dir(directory: Path, store: ObjectStore, tokenizer: dict, model_config: dict,
+                    chat_template: str | None = None, end_of_turn_id: int | None = None) -> None:
+    """Tokenizer, chat template and generation config beside the trainer's config.json and weights."""
+    from transformers import GenerationConfig
+
+    from .tokenizer import conventions
+
+    tokenizer_files(store, tokenizer, directory)
+    if chat_template is not None:  # both places: transformers 5 reads chat_template.jinja, 4.x the config field
+        (directory / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+        config_path = directory / "tokenizer_config.json"
+        tokenizer_config = json.loads(config_path.read_text(encoding="utf-8"))
+        tokenizer_config["chat_template"] = chat_template
+        config_path.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False), encoding="utf-8")
+    found = conventions(tokenizer)
+    stops = [found["eos_id"]] + ([end_of_turn_id] if end_of_turn_id is not None and end_of_turn_id != found["eos_id"]
+                                 else [])
+    GenerationConfig(bos_token_id=found["bos_id"] if found["bos_id"] is not None else found["eos_id"],
+                     eos_token_id=stops if len(stops) > 1 else stops[0],
+                     pad_token_id=found["pad_id"]).save_pretrained(str(directory))
 
 
 def export_model(job: TrainingJob, writer: ArtifactWriter, store: ObjectStore, tokenizer: dict, work: Path,
-                 metrics: list[dict], chat_template: str | None = None) -> list[dict]:
-    """Weights, config, metrics, loss curve and the HF directory (with the tokenizer) into the artifact."""
-    from model.export import export_hf, load_weights
-    from model.gpt import GPT, GPTConfig
-
+                 metrics: list[dict], sync: CheckpointSync, chat_template: str | None = None,
+                 end_of_turn_id: int | None = None) -> list[dict]:
+    """The HF directory (completed with the tokenizer), metrics, loss curve and kept checkpoints into the artifact."""
+    hf = work / "hf"
+    complete_hf_dir(hf, store, tokenizer, job.model_config, chat_template, end_of_turn_id)
     curve = work / "loss_curve.png"
     loss_curve(metrics, curve, f"{job.phase} loss")
-    config = GPTConfig(**job.model)
-    model = load_weights(GPT(config), work / "model.safetensors")
-    specials = tokenizer["counts"]["special_token_ids"]
-    hf = export_hf(model, work / "hf", eos_id=specials[tokenizer["config"]["eos_token"]],
-                   pad_id=specials[tokenizer["config"]["pad_token"]])
-    for entry in files_with_role(tokenizer, "tokenizer"):
-        shutil.copy(fetch_verified(store, tokenizer, entry, work), hf / entry["path"])
-    if chat_template is not None:
-        tokenizer_config = json.loads((hf / "tokenizer_config.json").read_text())
-        tokenizer_config["chat_template"] = chat_template
-        (hf / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
-    (work / "model_config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    files = [writer.put_file("model.safetensors", work / "model.safetensors", "weights"),
-             writer.put_file("model_config.json", work / "model_config.json", "config"),
-             writer.put_file("metrics.jsonl", work / "metrics.jsonl", "metrics"),
+    (work / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in metrics))
+    files = [writer.put_file("metrics.jsonl", work / "metrics.jsonl", "metrics"),
              writer.put_file("loss_curve.png", curve, "plot")]
-    return files + [writer.put_file(f"hf/{path.name}", path, "hf") for path in sorted(hf.iterdir()) if path.is_file()]
+    files += [writer.put_file(f"hf/{path.name}", path, "hf") for path in sorted(hf.iterdir()) if path.is_file()]
+    return files + sync.entries()
+
+
+def model_summary(hf: Path) -> dict:
+    """What a model artifact's manifest says of the model: its transformers config (its family and size)."""
+    return {"model_config": json.loads((hf / "config.json").read_text()), "hf_dtype": "float32"}
 
 
 def loss_summary(phase: str, metrics: list[dict], progress: Callable[[str], None]) -> dict:
     first, last = metrics[0], metrics[-1]
+    validation = [m for m in metrics if "val_loss" in m]
     progress(f"{phase}: loss {first['loss']:.3f} -> {last['loss']:.3f} over {last['step']} steps "
-             f"(final perplexity {last['perplexity']:.1f})")
-    return {"steps": last["step"], "first_loss": first["loss"], "last_loss": last["loss"],
-            "final_perplexity": last["perplexity"],
-            "tokens_per_s_median": sorted(m["tokens_per_s"] for m in metrics)[len(metrics) // 2]}
-
-
-def fetch_model(store: ObjectStore, manifest: dict, directory: Path) -> tuple[Path, dict]:
-    """A model artifact's weights (safetensors) and its GPTConfig fields."""
-    [weights] = list(files_with_role(manifest, "weights"))
-    [config] = list(files_with_role(manifest, "config"))
-    directory.mkdir(parents=True, exist_ok=True)
-    path = fetch_verified(store, manifest, weights, directory)
-    return path, json.loads(fetch_verified(store, manifest, config, directory).read_text())
+             f"(final perplexity {last['perplexity']:.1f})" +
+             (f"; validation loss {validation[0]['val_loss']:.3f} -> {validation[-1]['val_loss']:.3f}" if validation else ""))
+    summary = {"steps": last["step"], "first_loss": first["loss"], "last_loss": last["loss"],
+               "final_perplexity": last["perplexity"],
+               "tokens_per_s_median": sorted(m["tokens_per_s"] for m in metrics)[len(metrics) // 2],
+               "mfu_median": sorted(m.get("mfu") or 0.0 for m in metrics)[len(metrics) // 2]}
+    if validation:
+        summary["last_val_loss"] = validation[-1]["val_loss"]
+    return summary
 
 
 def publish_curve(store: ObjectStore, prefix: str, phase: str) -> None:

@@ -100,7 +100,7 @@ def test_training_loss_is_exactly_the_mean_over_assistant_tokens(tokenizer):
     import torch
     import torch.nn.functional as F
 
-    from model.gpt import lm_loss, targets_and_weights
+    from model.loss import lm_loss, targets_and_weights
 
     template = ChatTemplate()
     packer = ChatPacker(256, eos_id=0, pad_id=1, dtype=np.uint16)

@@ -32,14 +32,14 @@ FLOW_TEST_SECTIONS = {
     "tokenizer": {"vocab_size": 512},
     "tokenize": {"workers": 1, "seq_len": 64},
     "mixture": {"budget_tokens": 20_000},
-    "model": {"preset": "tiny"},
+    "model": {"family": "llama", "preset": "llama-tiny"},
     "train": {"steps": 4, "micro_batch": 2, "warmup_steps": 1, "checkpoint_every": 2, "zero_stage": 0},
     "eval": {"enabled": False},  # cpt and ift are off by default; one test turns the later phases on
 }
 # The later phases on, quickly: docs is the domain source, the sample's chat set, a few steps each.
 LATER_PHASES = {
     "tokenize": {"workers": 1, "seq_len": 512, "val_fraction": 0.3},  # a row holds a whole conversation
-    "model": {"preset": "tiny", "n_positions": 512},
+    "model": {"family": "llama", "preset": "llama-tiny", "n_positions": 512},
     "cpt": {"enabled": True, "steps": 2, "warmup_steps": 1, "budget_tokens": 5_000},
     "ift": {"enabled": True, "steps": 2, "warmup_steps": 1, "chat_files": [str(SAMPLE / "chat" / "*.jsonl")]},
     "eval": {"enabled": True, "max_sequences_per_source": 8,

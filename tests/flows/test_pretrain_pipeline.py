@@ -99,6 +99,39 @@ def test_flow_builds_each_source_then_skips_them_as_cached(tmp_path, seaweed, bu
     assert evaluation["summary"]["metrics"]["ift"]["assistant loss"] > 0
 
 
+def test_continued_pretraining_of_a_users_checkpoint_through_the_dag(tmp_path, seaweed, bucket, inputs):
+    """cpt.init names a Qwen2 checkpoint: its tokenizer tokenizes the data, mixture and pretrain do not run, CPT,
+    IFT (with its ChatML template) and eval follow, and the exports stay Qwen2."""
+    from transformers import AutoTokenizer
+
+    from flows.pretrain_pipeline import pretrain_pipeline
+    from tasks.checkpoints import fetch_hf_dir
+    from tests.checkpoints import FAMILIES, make_checkpoint
+
+    checkpoint = make_checkpoint("qwen2", tmp_path / "Qwen2-tiny", positions=512)
+    write_pages(inputs / "manual" / "m.warc.gz", pages=8, seed=7)
+    sources = _sources(inputs) + [{"name": "manual", "kind": "warc", "location": str(inputs / "manual"),
+                                   "role": "domain"}]
+    config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=sources,
+                          mixture={"budget_tokens": 20_000, "weights": {"web": 1.0}},
+                          **{**LATER_PHASES, "cpt": {**LATER_PHASES["cpt"], "init": str(checkpoint)}})
+    result = pretrain_pipeline(config_path=str(config))
+    stages = result["stages"]
+    assert "mixture" not in stages and "pretrain" not in stages
+    assert {stages[name]["status"] for name in ("tokenizer", "cpt", "ift", "eval")} == {"executed"}
+    store = S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url)
+    tokenizer = read_manifest(store, "tokenizer", stages["tokenizer"]["version"])
+    assert tokenizer["summary"]["conventions"]["origin"] == f"checkpoint:{checkpoint}"
+    cpt = read_manifest(store, "cpt", stages["cpt"]["version"])
+    assert cpt["summary"]["init"] == str(checkpoint) and cpt["summary"]["model_config"]["model_type"] == "qwen2"
+    ift = read_manifest(store, "ift", stages["ift"]["version"])
+    exported = AutoTokenizer.from_pretrained(str(fetch_hf_dir(store, ift, tmp_path / "ift")))
+    assert exported.chat_template == FAMILIES["qwen2"]["template"]
+    evaluation = read_manifest(store, "eval", stages["eval"]["version"])
+    assert set(evaluation["summary"]["models"]) == {"base", "cpt", "ift"}
+    assert evaluation["summary"]["models"]["base"] == str(checkpoint)
+
+
 def test_changed_source_is_reingested_and_unchanged_one_skipped(tmp_path, seaweed, bucket, inputs):
     from flows.pretrain_pipeline import pretrain_pipeline
 
@@ -151,6 +184,9 @@ def test_invalid_config_fails_before_any_work(tmp_path, seaweed, bucket, inputs)
         pretrain_pipeline(config_path=str(config), overrides={"ingest.workers": 0})
     with pytest.raises(ConfigError, match=r"sources\.1\.text_feild: unknown key; allowed keys here: .*text_field"):
         pretrain_pipeline(config_path=str(config), overrides={"sources.docs.text_feild": "body"})
+    with pytest.raises(ConfigError, match=r"cpt.init: .*no config.json"):  # a checkpoint that cannot be used
+        pretrain_pipeline(config_path=str(config), overrides={"cpt.enabled": True, "cpt.init": str(tmp_path),
+                                                              "sources.docs.role": "domain"})
     store = S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url)
     assert list(store.list("")) == []
 

@@ -192,3 +192,24 @@ def test_a_data_only_config_needs_no_edits_of_the_model_phases(tmp_path):
     raw["stop_after"] = "tokens"
     copy.write_text(yaml.safe_dump(raw))
     assert main(["validate", "-c", str(copy)]) == 0
+
+
+def test_validate_checks_the_checkpoint_cpt_starts_from(built, tmp_path, capsys):
+    """`validate --set cpt.init=DIR` inspects the checkpoint before any work; a bad one is one line naming the key."""
+    from tests.checkpoints import make_checkpoint
+
+    config_path, _ = built
+    raw = yaml.safe_load(config_path.read_text())
+    raw["sources"][0]["role"] = "domain"
+    raw["sources"].append({"name": "web", "kind": "jsonl", "location": "in"})
+    raw["cpt"] = {"enabled": True}
+    raw["tokenize"] = {"seq_len": 256}
+    config_path.write_text(yaml.safe_dump(raw))
+    make_checkpoint("qwen2", tmp_path / "checkpoints" / "Qwen2-tiny")
+    assert main(["validate", "-c", str(config_path), "--set", "cpt.init=checkpoints/Qwen2-tiny"]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert main(["validate", "-c", str(config_path), "--set", "cpt.init=checkpoints/Qwen2-tiny",
+                 "--set", "tokenize.seq_len=1024"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: cpt.init: ") and "shorter than tokenize.seq_len 1024" in error
+    assert len(error.splitlines()) == 1

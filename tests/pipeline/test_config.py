@@ -419,7 +419,7 @@ def test_bad_ift_and_eval_settings_name_the_key(tmp_path):
     raw = raw_minimal()
     raw["ift"] = {"method": "qlora"}
     assert "ift.method" in config_error(tmp_path, raw)
-    raw["ift"] = {"lora": {"targets": ["q_proj"]}}
+    raw["ift"] = {"lora": {"targets": ["not a module"]}}
     assert "ift.lora.targets" in config_error(tmp_path, raw)
     raw = raw_minimal()
     raw["eval"] = {"gate": {"general_tolerance": -0.1}}

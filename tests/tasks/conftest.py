@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from model.families import resolve_size
 from pipeline.config import JsonlSource, WarcSource
 from pipeline.storage import LocalStore
 from tests.conftest import SAMPLE
@@ -23,8 +24,9 @@ def filtered_sample(tmp_path_factory):
     return store, inputs
 
 
-# A model small enough to train in seconds, with room for IFT's 256-token rows.
-PHASE_SIZE = {"n_layer": 2, "n_head": 2, "d_model": 32, "n_positions": 256}
+# A Llama-style model small enough to train in seconds, with room for IFT's 256-token rows.
+PHASE_SIZE = resolve_size("llama-tiny", {"n_layer": 2, "n_head": 2, "n_kv_head": 1, "d_model": 32, "d_ff": 96,
+                                         "n_positions": 256})
 BAD_CHAT_LINES = [
     "{not json",
     '{"messages": [{"role": "user", "content": "Hi"}]}',
@@ -41,7 +43,8 @@ def model_phases(filtered_sample, tmp_path_factory):
     from types import SimpleNamespace
 
     from pipeline.config import CptConfig, IftConfig, MixtureConfig, TokenizeConfig, TrainConfig
-    from tasks.cpt import StartingModel, cpt_spec, resolve_init, run_cpt
+    from tasks.checkpoints import artifact_model
+    from tasks.cpt import cpt_spec, run_cpt
     from tasks.ift import ift_spec, run_ift
     from tasks.mixture import mixture_spec, run_mixture
     from tasks.pretrain import pretrain_spec, run_pretrain
@@ -57,9 +60,10 @@ def model_phases(filtered_sample, tmp_path_factory):
                                                           PHASE_SIZE, progress=quiet)
     train = TrainConfig(micro_batch=4, warmup_steps=2, checkpoint_every=1000, zero_stage=1, lr=3e-3)
     spec = pretrain_spec(train, PHASE_SIZE, mixture, tokenizer)
-    pretrain = chain.committed(store, spec) or run_pretrain(train, PHASE_SIZE, store, spec, mixture, tokenizer, quiet)
+    pretrain = chain.committed(store, spec) or run_pretrain(train, PHASE_SIZE, store, spec, mixture, tokenizer, quiet,
+                                                            validation=[tokens["web"]])
     cpt_settings = CptConfig(enabled=True, budget_tokens=60_000, lr=3e-3, warmup_steps=2, replay_fraction=0.2)
-    start = resolve_init("pretrain", pretrain, SAMPLE)
+    start = artifact_model(pretrain)
     domain, general = {"docs": tokens["docs"]}, {"web": tokens["web"]}
     spec = cpt_spec(cpt_settings, train, mixture_settings, start, {**domain, **general}, tokenizer)
     cpt = chain.committed(store, spec) or run_cpt(cpt_settings, train, mixture_settings, store, spec, start, domain,
@@ -68,7 +72,7 @@ def model_phases(filtered_sample, tmp_path_factory):
     (chat_dir / "bad.jsonl").write_text("\n".join(BAD_CHAT_LINES) + "\n")
     chat_files = [SAMPLE / "chat" / "debian_chat.jsonl", chat_dir / "bad.jsonl"]
     ift_settings = IftConfig(enabled=True, chat_files=["unused"], epochs=2, lr=2e-3, warmup_steps=2)
-    cpt_start = StartingModel(f"cpt@{cpt['version']}", cpt["version"], manifest=cpt)
+    cpt_start = artifact_model(cpt)
     spec = ift_spec(ift_settings, train, 256, cpt_start, tokenizer, chat_files)
     ift = chain.committed(store, spec) or run_ift(ift_settings, train, 256, store, spec, cpt_start, tokenizer,
                                                   chat_files, quiet)

@@ -3,6 +3,7 @@ global order's determinism and coverage, and the stage on the sample's token sha
 
 from __future__ import annotations
 
+from model.families import resolve_size
 import math
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from tasks.mixture import (allocate, largest_remainder, mixture_spec, mixture_we
 from tasks.tokenize import RowOwners
 from tests.tasks import chain
 
-TINY = {"n_layer": 2, "n_head": 2, "d_model": 32, "n_positions": 64}
+TINY = resolve_size("gpt2-tiny", {"n_layer": 2, "n_head": 2, "d_model": 32, "n_positions": 64})
 
 
 def test_weights_given_uniform_and_by_temperature():

@@ -1,5 +1,7 @@
-"""The pretrain stage on the sample's tokens: the plan, the artifact (weights, metrics, loss curve, an HF
-directory that transformers loads with the tokenizer), and checkpoints kept in the store for resuming."""
+"""The pretrain stage on the sample's tokens: the plan, the artifact (an HF directory of the configured family that
+transformers' Auto classes load with the tokenizer, metrics with validation loss, loss curve, the kept checkpoints
+listed), checkpoints kept in the store for resuming, pruned ones deleted there, and versions that follow what
+changes the trained model and nothing else."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from model.families import hf_config_dict, resolve_size
+from model.sizing import count_parameters
 from pipeline.artifacts import fetch_verified, files_with_role
 from pipeline.config import MixtureConfig, TokenizeConfig, TrainConfig
 from tasks.mixture import mixture_spec, run_mixture
@@ -15,8 +19,10 @@ from tasks.pretrain import pretrain_spec, run_pretrain
 from tasks.training import CheckpointSync, launch_command, plan
 from tests.tasks import chain
 
-SIZE = {"n_layer": 2, "n_head": 2, "d_model": 32, "n_positions": 64}
-SETTINGS = TrainConfig(steps=6, micro_batch=2, warmup_steps=1, checkpoint_every=3, zero_stage=1, lr=3e-3)
+SIZE = resolve_size("llama-tiny", {"n_layer": 2, "n_head": 2, "n_kv_head": 1, "d_model": 32, "d_ff": 96,
+                                   "n_positions": 64})
+SETTINGS = TrainConfig(steps=6, micro_batch=2, warmup_steps=1, checkpoint_every=3, keep_checkpoints=1, eval_every=3,
+                       zero_stage=1, lr=3e-3)
 
 
 @pytest.fixture(scope="module")
@@ -30,29 +36,54 @@ def mixture(filtered_sample):
     return store, tokenizer, built
 
 
-def test_pretrain_writes_weights_metrics_curve_and_a_loadable_hf_model(mixture, tmp_path):
+def test_pretrain_writes_a_loadable_hf_model_metrics_curve_and_checkpoints(mixture, tmp_path):
     import torch
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     store, tokenizer, mix = mixture
     spec = pretrain_spec(SETTINGS, SIZE, mix, tokenizer)
     messages: list[str] = []
     manifest = chain.committed(store, spec) or run_pretrain(SETTINGS, SIZE, store, spec, mix, tokenizer,
-                                                            progress=messages.append)
+                                                            progress=messages.append, validation=[mix_tokens(store, mix)])
     assert manifest["counts"]["steps"] == 6 and manifest["summary"]["parameters"] > 0
-    assert any(m.startswith("pretrain plan:") for m in messages)
-    roles = {entry["role"] for entry in manifest["files"]}
-    assert {"weights", "config", "metrics", "plot", "hf"} <= roles
-    assert not any(entry["path"].startswith("checkpoints/") for entry in manifest["files"])
+    assert manifest["summary"]["model_config"]["model_type"] == "llama"
+    assert any(m.startswith("pretrain plan: llama") for m in messages)
+    assert {"metrics", "plot", "hf", "checkpoint"} <= {entry["role"] for entry in manifest["files"]}
+    kept = {entry["tag"] for entry in files_with_role(manifest, "checkpoint")}
+    assert kept == {"step0000006"}  # keep_checkpoints 1: step 3 was pruned
+    assert not list(store.list(f"{spec.prefix}/checkpoints/step0000003/"))
     hf = chain.hf_directory(store, manifest, tmp_path / "hf")
-    model = GPT2LMHeadModel.from_pretrained(str(hf)).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(hf)).eval()
+    assert type(model).__name__ == "LlamaForCausalLM" and model.num_parameters() == manifest["summary"]["parameters"]
     tok = AutoTokenizer.from_pretrained(str(hf))
     ids = tok("Debian GNU/Linux installation", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
     [metrics] = list(files_with_role(manifest, "metrics"))
-    lines = fetch_verified(store, manifest, metrics, tmp_path).read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    lines = [json.loads(line) for line in fetch_verified(store, manifest, metrics, tmp_path).read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert [line["step"] for line in lines if "val_loss" in line] == [3, 6] and all("mfu" in line for line in lines)
+
+
+def mix_tokens(store, mix: dict) -> dict:
+    """A tokens manifest of the mixture (its val split feeds the validation loss)."""
+    from pipeline.artifacts import read_manifest
+
+    first = mix["summary"]["shards"][0]
+    return read_manifest(store, first["artifact"], first["version"])
+
+
+def test_versions_follow_what_changes_the_trained_model(mixture):
+    _, tokenizer, mix = mixture
+    version = pretrain_spec(SETTINGS, SIZE, mix, tokenizer).version
+    for changed in ({"processes": 2}, {"micro_batch": 4}, {"grad_accum": 2}, {"precision": "bf16"},
+                    {"zero_stage": 3}, {"lr": 1e-3}, {"seed": 1}):
+        assert pretrain_spec(SETTINGS.model_copy(update=changed), SIZE, mix, tokenizer).version != version, changed
+    for unchanged in ({"threads_per_process": 4}, {"launcher": "torchrun"}, {"accelerator": "cuda"},
+                      {"log_every": 1}, {"checkpoint_every": 1}, {"keep_checkpoints": 0}, {"eval_every": 0},
+                      {"work_dir": "/tmp"}, {"peak_tflops": 100.0}):
+        assert pretrain_spec(SETTINGS.model_copy(update=unchanged), SIZE, mix, tokenizer).version == version, unchanged
+    assert pretrain_spec(SETTINGS, {**SIZE, "family": "gpt2"}, mix, tokenizer).version != version
 
 
 def test_checkpoints_are_stored_and_restored(mixture, tmp_path):
@@ -71,14 +102,19 @@ def test_checkpoints_are_stored_and_restored(mixture, tmp_path):
 
 
 def test_plan_and_launchers():
-    planned = plan(SIZE, 2048, 64, TrainConfig(micro_batch=4, grad_accum=2, processes=2), sequences=1000)
+    config = hf_config_dict(SIZE, 2048, eos_id=0, pad_id=1)
+    planned = plan(config, 64, TrainConfig(micro_batch=4, grad_accum=2, processes=2), sequences=1000)
     assert planned["global_batch_sequences"] == 16 and planned["steps"] == 62
-    assert planned["tokens"] == 62 * 16 * 64 and planned["flops"] == 6 * planned["parameters"] * planned["tokens"]
+    assert planned["parameters"] == count_parameters(config) and planned["family"] == "llama"
+    assert planned["tokens"] == 62 * 16 * 64 and planned["flops"] == planned["flops_per_token"] * planned["tokens"]
+    assert planned["flops_per_token"] > 6 * planned["parameters"]  # attention counts too
     spec = Path("/tmp/spec.json")
     assert launch_command(TrainConfig(), spec, 1234)[1:3] == ["-m", "model.train"]
     assert "--num_gpus" in launch_command(TrainConfig(processes=2), spec, 1234)
     assert "torch.distributed.run" in launch_command(TrainConfig(processes=2, launcher="torchrun"), spec, 1234)
-    assert "--hostfile" in launch_command(TrainConfig(hostfile="/etc/hosts.ds"), spec, 1234)
+    hostfile = Path("/tmp/hostfile.ds")
+    hostfile.write_text("localhost slots=2\n")
+    assert "--hostfile" in launch_command(TrainConfig(hostfile=str(hostfile)), spec, 1234)
 
 
 def test_two_ranks_through_deepspeeds_launcher(mixture):
