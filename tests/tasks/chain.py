@@ -81,25 +81,23 @@ def committed(store, spec) -> dict | None:
 
 
 def hf_directory(store, manifest: dict, directory: Path) -> Path:
-    """A model artifact's hf/ files downloaded (verified) into `directory`."""
-    from pipeline.artifacts import fetch_verified, files_with_role
+    """A model artifact's hf/ files downloaded (verified) under `directory`: the stage code's own function."""
+    from tasks.eval_models import artifact_model, hf_directory as model_directory
 
-    directory.mkdir(parents=True, exist_ok=True)
-    for entry in files_with_role(manifest, "hf"):
-        fetch_verified(store, manifest, entry, directory.parent).rename(directory / Path(entry["path"]).name)
-    return directory
+    return model_directory(store, artifact_model(manifest), directory)
 
 
 def held_out_loss(store, model_manifest: dict, rows_manifest: dict, tmp_path: Path) -> dict:
-    """Perplexity and loss of a model artifact on the first 64 held-out rows of a tokens or IFT artifact
-    (with its loss mask, if it has one)."""
-    from model.export import load_weights
-    from model.gpt import GPT, GPTConfig
-    from model.scoring import perplexity, torch_scorer
-    from tasks.evaluate import val_rows
-    from tasks.training import fetch_model
+    """Perplexity and loss of a model artifact (its HF export) on the first 64 held-out rows of a tokens or
+    IFT artifact (with its loss mask, if it has one)."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    weights, config = fetch_model(store, model_manifest, tmp_path / model_manifest["version"])
-    model = load_weights(GPT(GPTConfig(**config)), weights).eval()
+    from model.scoring import row_loss
+    from tasks.evaluate import val_rows
+
+    directory = hf_directory(store, model_manifest, tmp_path / "models")
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     rows, masks = val_rows(store, rows_manifest, 64, tmp_path)
-    return perplexity(torch_scorer(model, config["n_positions"]), rows, pad_id=1, masks=masks)
+    loss = row_loss(model, rows, pad_id=1, masks=masks)
+    return {"perplexity": loss.perplexity, "loss": loss.loss, "tokens": loss.tokens}
