@@ -257,7 +257,8 @@ def run_eval(settings: EvalConfig, store: ObjectStore, spec: StageSpec, models: 
             progress(f"eval: {name:8} ({model.name}) bpb general {_shown(rows['bpb general'])}, domain "
                      f"{_shown(rows['bpb domain'])}, CORE {_shown(rows['CORE'])}")
         for path in sorted((work / "tasks").glob("*")) if generated else []:
-            files.append(writer.put_file(f"tasks/{path.name}", path, "tasks"))
+            if path.is_file():  # not the loader's __pycache__
+                files.append(writer.put_file(f"tasks/{path.name}", path, "tasks"))
         path = work / "results.json"
         path.write_text(json.dumps({"models": {name: model.name for name, model in models.items()},
                                     "results": results}, indent=2, sort_keys=True))
@@ -327,7 +328,9 @@ def publish_gate(manifest: dict, moved: dict | None) -> None:
                              description=f"eval @ {manifest['version']}: the gate's decision on {gate['candidate_model']}")
 
 
-@task(name="eval", task_run_name="eval", cache_policy=NO_CACHE, persist_result=False)
+# log_prints off: dill (under datasets, under the harness) captures the stdout of `dis` to find a function's
+# globals, and Prefect's print-to-log would send that disassembly to the run's log instead.
+@task(name="eval", task_run_name="eval", cache_policy=NO_CACHE, persist_result=False, log_prints=False)
 def eval_task(ctx: RunContext, model_results: dict[str, dict | None], tokens_results: dict[str, dict],
               filter_results: dict[str, dict]) -> Any:
     """Resolve the version from the models, the data, the task files and the config; skip or score; then

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 HARNESS = "lm_eval"
+NO_POOL = "DISABLE_MULTIPROC"  # lm_eval.api.metrics.bootstrap_stderr: no process pool
 
 
 def harness_version() -> str:
@@ -59,8 +61,19 @@ def run_tasks(lm, manager, tasks: list[str], limit: int | None, num_fewshot: int
     """The harness's results for one model (its dict, with per-sample logs under "samples")."""
     import lm_eval
 
-    return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
-                                   num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters, log_samples=True)
+    # The bootstrap of non-mean metrics' stderr runs in this process: the harness's multiprocessing pool
+    # would start its workers by re-running the main module, which under a Prefect worker is the flow
+    # engine (they hang).
+    previous = os.environ.get(NO_POOL)
+    os.environ[NO_POOL] = "1"
+    try:
+        return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
+                                       num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters, log_samples=True)
+    finally:
+        if previous is None:
+            os.environ.pop(NO_POOL, None)
+        else:
+            os.environ[NO_POOL] = previous
 
 
 def task_metrics(raw: dict) -> dict[str, dict[str, float]]:

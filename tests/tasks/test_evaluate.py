@@ -27,7 +27,7 @@ from tests.tasks import chain
 
 TASKS = SAMPLE / "eval"
 SETTINGS = EvalConfig(
-    tasks=["debian_cloze"], include_path=[str(TASKS)], batch_size=8, bootstrap_iters=0,
+    tasks=["debian_cloze"], include_path=[str(TASKS)], batch_size=8,
     heldout=HeldOutConfig(max_bytes_per_source=150_000),
     generated=GeneratedTasksConfig(languages=["en", "de", "fr", "es", "it", "pt", "ca", "nl"], cloze_items=40,
                                    last_word_items=20))
@@ -57,6 +57,7 @@ def evaluated(model_phases):
     if manifest is None:
         with pytest.MonkeyPatch.context() as patch:  # offline: the shipped YAMLs and the generated ones only
             block_network(patch)
+            patch.setattr(sys, "dont_write_bytecode", False)  # the task loader's __pycache__ is not uploaded
             manifest = run_eval(SETTINGS, phases.store, spec, models, "ift", "base", phases.tokens, phases.filters,
                                 [TASKS], general=["web"], domain=["docs"], progress=lambda _m: None)
     return manifest
