@@ -156,8 +156,7 @@ def run_later_phases(ctx: RunContext, states: dict[str, Any], base: str | None) 
     if config.eval.enabled and needed(ctx, "eval", None) and completed(states, wanted):
         filters = {source.name: result(f"filter/{source.name}") for source in config.sources}
         states["eval"] = eval_task(ctx, {phase: result(name) for phase, name in models.items()},
-                                   {s: result(n) for s, n in tokens.items()}, filters, result("tokenizer"),
-                                   return_state=True)
+                                   {s: result(n) for s, n in tokens.items()}, filters, return_state=True)
 
 
 def not_run_after(config: PipelineConfig, failed: str) -> list[str]:

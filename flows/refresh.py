@@ -146,8 +146,9 @@ def refresh_history(store: ObjectStore, flow: str) -> list[dict]:
         manifest = read_manifest(store, "eval", evaluation["version"]) if evaluation.get("version") else None
         if manifest is not None:
             gate, metrics = manifest["summary"]["gate"], manifest["summary"]["metrics"]
-            entry["scores"] = {name: {"domain_perplexity": metrics[name].get("perplexity domain"),
-                                      "general_perplexity": metrics[name].get("perplexity general")}
+            entry["scores"] = {name: {"domain_bpb": metrics[name].get("bpb domain"),
+                                      "general_bpb": metrics[name].get("bpb general"),
+                                      "core": metrics[name].get("CORE")}
                                for name in (gate["candidate"], gate["baseline"]) if name}
             entry["gate"] = {key: gate.get(key) for key in ("candidate_model", "baseline_model", "promote", "reason")}
         else:

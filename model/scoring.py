@@ -1,121 +1,159 @@
-"""Scoring a language model for the evaluation stage: perplexity, multiple choice in lm-evaluation-harness's
-style, and last-word (LAMBADA-style) accuracy.
+"""Held-out loss of a Hugging Face causal language model: bits per byte and perplexity on text, and the
+masked loss on token rows (the IFT artifact's held-out conversations).
 
-Everything here works on a `NextTokenLogProbs` function — token ids in, log-probabilities of every next
-token out (shape (len(ids), vocab)) — so the metrics can be checked on a toy model with known
-probabilities, and any model (ours, or an HF one) can be plugged in with `torch_scorer`.
+Benchmark tasks are scored by lm-evaluation-harness (tasks/harness.py); this module scores what the
+harness has no metric for in our terms: the same text read by models with different tokenizers.
 
-- perplexity: exp of the mean negative log-likelihood over all predicted tokens of the given rows
-  (padding excluded), the same quantity the trainer reports as loss;
-- multiple choice: the log-likelihood of each choice's tokens after the context; `acc` takes the
-  highest, `acc_norm` the highest per character of the choice's text (as the harness does), and
-  `acc_mutual_info` the highest gain over the choice's likelihood without the context (the harness's
-  acc_mutual_info), each compared with the gold index;
-- last word: the model's greedy continuation of the context must reproduce the target word's tokens
-  exactly.
+- Text (`text_loss`): each document is tokenized by the model's own tokenizer (no special tokens
+  added; special-token strings in the text stay text), preceded by one prefix token — the
+  tokenizer's BOS, else its EOS, as the harness's prefix token — so that every token of the document
+  is predicted. Documents longer than `window` tokens are read in windows of at most `window` tokens
+  that advance by `stride` tokens; every token is scored exactly once, in the first window that
+  reaches it, so each token after the first window sees at least `window - stride` tokens of context
+  (stride == window: disjoint windows, the harness's rolling log-likelihood). The windows are the
+  harness's own (`lm_eval.utils.get_rolling_token_windows` with context_len = window - stride + 1).
+- Bits per byte = the sum of the token losses in nats / (ln 2 x the UTF-8 bytes of the scored text):
+  unlike perplexity, comparable across tokenizers. Perplexity = exp(nats / tokens).
+- Rows (`row_loss`): rows of token ids (each predicting ids[1:]), padding excluded, and with a loss
+  mask only the targets whose mask is 1 (as in training).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-NextTokenLogProbs = Callable[[Sequence[int]], np.ndarray]
+
+@dataclass
+class Loss:
+    """Summed negative log-likelihood (nats) over scored tokens, and the text they cover."""
+
+    nats: float = 0.0
+    tokens: int = 0
+    bytes: int = 0
+    documents: int = 0
+
+    def add(self, other: "Loss") -> "Loss":
+        return Loss(self.nats + other.nats, self.tokens + other.tokens, self.bytes + other.bytes,
+                    self.documents + other.documents)
+
+    @property
+    def loss(self) -> float | None:
+        return self.nats / self.tokens if self.tokens else None
+
+    @property
+    def perplexity(self) -> float | None:
+        return math.exp(self.nats / self.tokens) if self.tokens else None
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        return self.nats / (math.log(2) * self.bytes) if self.bytes else None
+
+    def as_dict(self) -> dict:
+        return {"nats": self.nats, "tokens": self.tokens, "bytes": self.bytes, "documents": self.documents,
+                "loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte}
 
 
-@dataclass(frozen=True)
-class ChoiceItem:
-    context: list[int]
-    choices: list[list[int]]  # token ids of each choice
-    choice_chars: list[int]   # characters of each choice's text (acc_norm's denominator)
-    gold: int
+def prefix_token(tokenizer) -> int:
+    """The token every document is read after: BOS, else EOS (lm-evaluation-harness's choice)."""
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise ValueError("the tokenizer has neither a BOS nor an EOS token to start a document with")
 
 
-def continuation_logprob(logprobs: NextTokenLogProbs, context: Sequence[int], continuation: Sequence[int]
-                         ) -> tuple[float, bool]:
-    """(log P(continuation | context), whether every continuation token is the greedy choice)."""
-    if not context:
-        raise ValueError("the context must hold at least one token (e.g. the end-of-text token)")
-    ids = list(context) + list(continuation)
-    table = logprobs(ids[:-1])  # row i predicts ids[i + 1]
-    start = len(context) - 1
-    rows = table[start:start + len(continuation)]
-    picked = rows[np.arange(len(continuation)), continuation]
-    greedy = bool(np.all(rows.argmax(axis=1) == np.asarray(continuation)))
-    return float(picked.sum()), greedy
+def context_length(model) -> int:
+    """The model's context in tokens, from its config."""
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(f"{type(model).__name__}: its config names no context length (max_position_embeddings)")
 
 
-def multiple_choice(logprobs: NextTokenLogProbs, items: Sequence[ChoiceItem],
-                    unconditional: Sequence[int] | None = None) -> dict:
-    """acc and acc_norm over the items (and the count); with `unconditional` (a context of its own, e.g.
-    just the end-of-text token) also acc_mutual_info as lm-evaluation-harness: the choice whose
-    log P(choice | context) - log P(choice | unconditional) is highest, which removes the bias towards
-    choices that are likely anywhere."""
-    correct = correct_norm = correct_mutual = 0
-    for item in items:
-        scores = [continuation_logprob(logprobs, item.context, choice)[0] for choice in item.choices]
-        normalised = [score / max(chars, 1) for score, chars in zip(scores, item.choice_chars)]
-        correct += int(np.argmax(scores)) == item.gold
-        correct_norm += int(np.argmax(normalised)) == item.gold
-        if unconditional is not None:
-            prior = [continuation_logprob(logprobs, unconditional, choice)[0] for choice in item.choices]
-            correct_mutual += int(np.argmax(np.subtract(scores, prior))) == item.gold
-    count = len(items)
-    result = {"acc": correct / count if count else None, "acc_norm": correct_norm / count if count else None,
-              "items": count}
-    if unconditional is not None:
-        result["acc_mutual_info"] = correct_mutual / count if count else None
-    return result
+def windows(ids: Sequence[int], prefix: int, window: int, stride: int) -> list[tuple[list[int], int]]:
+    """(the window's tokens, how many of its last tokens are scored) for one document: the model reads all
+    but the last token and predicts tokens[1:]; only the last `scored` predictions count."""
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride must be between 1 and the window ({window}), got {stride}")
+    pairs = get_rolling_token_windows(list(ids), prefix, max_seq_len=window, context_len=window - stride + 1)
+    return [(context + targets, len(targets)) for context, targets in map(make_disjoint_window, pairs)]
 
 
-def last_word_accuracy(logprobs: NextTokenLogProbs, items: Sequence[tuple[list[int], list[int]]]) -> dict:
-    """Share of (context, target word ids) pairs whose target the model produces greedily, and the
-    target words' perplexity."""
-    hits, total_logprob, total_tokens = 0, 0.0, 0
-    for context, target in items:
-        logprob, greedy = continuation_logprob(logprobs, context, target)
-        hits += greedy
-        total_logprob += logprob
-        total_tokens += len(target)
-    count = len(items)
-    return {"acc": hits / count if count else None, "items": count,
-            "perplexity": math.exp(-total_logprob / total_tokens) if total_tokens else None}
+def text_loss(model, tokenizer, texts: Iterable[str], window: int | None = None, stride: int | None = None,
+              batch_size: int = 8) -> Loss:
+    """The loss of `model` on the documents (see the module docstring); window None: the model's context,
+    stride None: the window (disjoint windows)."""
+    window = min(window or context_length(model), context_length(model))
+    stride = min(stride or window, window)
+    prefix = prefix_token(tokenizer)
+    total = Loss()
+    pending: list[tuple[list[int], int]] = []
+    for text in texts:
+        if not text:
+            continue
+        ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if not ids:
+            continue
+        pending += windows(ids, prefix, window, stride)
+        total = total.add(Loss(0.0, len(ids), len(text.encode("utf-8")), 1))
+        while len(pending) >= batch_size:
+            total.nats += _windows_nll(model, pending[:batch_size])
+            pending = pending[batch_size:]
+    if pending:
+        total.nats += _windows_nll(model, pending)
+    return total
 
 
-def perplexity(logprobs: NextTokenLogProbs, rows: np.ndarray, pad_id: int, masks: np.ndarray | None = None) -> dict:
-    """exp(mean NLL) over every non-padding target of the rows (each row: ids, predicting ids[1:]); with
-    `masks` (a loss mask per id, as in the token shards) only the targets whose mask is 1 count."""
-    nll, tokens = 0.0, 0
-    for index, row in enumerate(rows):
-        row = [int(token) for token in row]
-        table = logprobs(row[:-1])
-        targets = np.asarray(row[1:])
-        keep = targets != pad_id
-        if masks is not None:
-            keep &= np.asarray(masks[index][1:]).astype(bool)
-        nll -= float(table[np.arange(len(targets)), targets][keep].sum())
-        tokens += int(keep.sum())
-    return {"perplexity": math.exp(nll / tokens) if tokens else None, "tokens": tokens,
-            "loss": nll / tokens if tokens else None}
-
-
-def torch_scorer(model, max_length: int) -> NextTokenLogProbs:
-    """A NextTokenLogProbs for a torch model returning logits (ours, or an HF model's `.logits`); inputs
-    longer than max_length keep their last max_length tokens (earlier rows are then padded with -inf
-    so positions stay aligned with the ids)."""
+def row_loss(model, rows: np.ndarray, pad_id: int, masks: np.ndarray | None = None, batch_size: int = 8) -> Loss:
+    """The loss of `model` on token rows (ids predicting ids[1:]), over the targets training scores
+    (model/loss.py: the loss mask where there is one, else every id but pad_id). `bytes` stays 0: rows are
+    tokens, not text."""
     import torch
 
-    def logprobs(ids: Sequence[int]) -> np.ndarray:
-        window = list(ids)[-max_length:]
-        with torch.no_grad():
-            output = model(torch.tensor([window], dtype=torch.long))
-            logits = getattr(output, "logits", output)[0].float()
-            table = torch.log_softmax(logits, dim=-1).numpy()
-        if len(window) < len(ids):
-            table = np.concatenate([np.full((len(ids) - len(window), table.shape[1]), -np.inf), table])
-        return table
+    from .loss import targets_and_weights
 
-    return logprobs
+    total = Loss()
+    for start in range(0, len(rows), batch_size):
+        batch = torch.as_tensor(np.asarray(rows[start:start + batch_size], dtype=np.int64))
+        mask = torch.as_tensor(np.asarray(masks[start:start + batch_size])) if masks is not None else None
+        _, targets, keep = targets_and_weights(batch, pad_id, mask)
+        targets = targets.clone()
+        targets[~keep] = -100
+        total.nats += _nll(model, batch[:, :-1], torch.ones_like(batch[:, :-1]), targets)
+        total.tokens += int(keep.sum())
+        total.documents += len(batch)
+    return total
+
+
+def _windows_nll(model, batch: list[tuple[list[int], int]]) -> float:
+    """Summed NLL of the scored tokens of a batch of windows (right-padded to the longest)."""
+    import torch
+
+    length = max(len(tokens) for tokens, _ in batch) - 1
+    inputs = torch.zeros((len(batch), length), dtype=torch.long)
+    attention = torch.zeros_like(inputs)
+    labels = torch.full_like(inputs, -100)
+    for row, (tokens, scored) in enumerate(batch):
+        inputs[row, :len(tokens) - 1] = torch.tensor(tokens[:-1])
+        attention[row, :len(tokens) - 1] = 1
+        labels[row, len(tokens) - 1 - scored:len(tokens) - 1] = torch.tensor(tokens[-scored:])
+    return _nll(model, inputs, attention, labels)
+
+
+def _nll(model, inputs, attention, labels) -> float:
+    """Summed cross-entropy (nats) of the logits at every position whose label is not -100."""
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(input_ids=inputs.to(device), attention_mask=attention.to(device)).logits
+        losses = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.to(device).flatten(),
+                                                   ignore_index=-100, reduction="sum")
+    return float(losses)

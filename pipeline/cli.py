@@ -165,9 +165,9 @@ def cmd_refresh(args) -> int:
         if entry["model"]:
             print("  model  " + ", ".join(f"{name}@{version}" for name, version in entry["model"].items()))
         if "gate" in entry:
-            scores = ", ".join(f"{name}: domain ppl {values['domain_perplexity']:.2f}, general "
-                               f"{values['general_perplexity']:.2f}" for name, values in entry["scores"].items()
-                               if values["domain_perplexity"] is not None)
+            scores = ", ".join(f"{name}: domain bpb {values['domain_bpb']:.4f}, general {values['general_bpb']:.4f}"
+                               for name, values in entry["scores"].items()
+                               if values["domain_bpb"] is not None and values["general_bpb"] is not None)
             verdict = "promoted" if entry["gate"]["promote"] else "not promoted"
             print(f"  scores {scores}\n  gate   {entry['gate']['candidate_model']} {verdict}: {entry['gate']['reason']}")
         elif entry.get("note"):

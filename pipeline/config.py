@@ -682,7 +682,8 @@ class IftConfig(PhaseTrainingConfig):
 
 
 class GeneratedTasksConfig(Section):
-    """Tasks generated from held-out documents (the tokenize stage's validation split)."""
+    """Harness tasks generated from held-out documents (the tokenize stage's validation split, as read for
+    bits per byte): heldout_cloze and heldout_last_word (corpus/eval_tasks.py)."""
 
     languages: list[str] = Field(["en"], description="document languages used (the tasks split on spaces)")
     cloze_items: int = Field(500, ge=0, description="0 disables the cloze task")
@@ -694,29 +695,83 @@ class GeneratedTasksConfig(Section):
     last_word_context_words: int = Field(60, ge=1)
     seed: int = Field(0, ge=0)
 
+    def task_names(self) -> list[str]:
+        return (["heldout_cloze"] if self.cloze_items else []) + (["heldout_last_word"] if self.last_word_items else [])
+
+
+class HeldOutConfig(Section):
+    """Bits per byte and perplexity on each source's held-out documents, tokenized by each model's own
+    tokenizer (model/scoring.py)."""
+
+    max_bytes_per_source: int = Field(
+        1_000_000, ge=1, description="UTF-8 bytes of held-out text scored per source (documents in order, the last "
+                                     "one cut at this budget)")
+    window: int | None = Field(None, ge=2, description="tokens per forward pass; null: the model's context")
+    stride: int | None = Field(
+        None, ge=1, description="tokens a window advances over a long document (each token is scored once, with at "
+                                "least window - stride tokens of context after the first window); null: the window")
+
+    @model_validator(mode="after")
+    def _stride_within_window(self) -> "HeldOutConfig":
+        if self.window is not None and self.stride is not None and self.stride > self.window:
+            raise ValueError(f"stride ({self.stride}) must not exceed window ({self.window})")
+        return self
+
+
+class GateTaskCheck(Section):
+    """A task metric the candidate must not worsen by more than `tolerance` (absolute, in the metric's unit)."""
+
+    task: str = Field(min_length=1, description="a task (or group) the eval runs, e.g. hellaswag")
+    metric: str = Field(min_length=1, description="one of its harness metrics, e.g. acc_norm")
+    tolerance: float = Field(0.0, ge=0)
+
 
 class GateConfig(Section):
-    """Which model becomes the `ref`: the candidate must lower domain perplexity, and may raise general
-    perplexity by at most `general_tolerance` (relative), against the model the ref points at (or the
-    pretrained base if the ref is unset)."""
+    """Which model becomes the `ref`, against the model the ref points at (or the base if the ref is unset):
+    domain bits per byte must fall, general bits per byte may rise at most `general_tolerance`
+    (relative), each of `tasks` may worsen at most its tolerance, and the held-out domain text must
+    hold at least `min_domain_tokens` tokens."""
 
     enabled: bool = Field(True)
     ref: str = Field("current", pattern=r"^[A-Za-z0-9._\-/]+$")
-    general_tolerance: float = Field(0.05, ge=0, description="allowed relative rise of general perplexity")
+    general_tolerance: float = Field(0.05, ge=0, description="allowed relative rise of general bits per byte")
+    min_domain_tokens: int = Field(
+        2000, ge=0, description="held-out domain tokens (candidate's tokenizer) below which the gate does not promote")
+    tasks: list[GateTaskCheck] = Field([], description="task metrics that must not fall (rise, if lower is better)")
 
 
 class EvalConfig(Section):
-    """Benchmark evaluation of the base, CPT and IFT models, and the promotion gate."""
+    """Evaluation of the base, CPT and IFT models on lm-evaluation-harness tasks and held-out text, and the
+    promotion gate."""
 
     enabled: bool = Field(True, json_schema_extra=UNVERSIONED)
-    max_sequences_per_source: int = Field(256, ge=1, description="held-out sequences scored per source")
-    multiple_choice: list[str] = Field(
-        [], description="lm-evaluation-harness-style JSONL files (or globs): context, choices, gold per line")
-    context_field: str = "context"
-    choices_field: str = "choices"
-    gold_field: str = "gold"
+    tasks: list[str] = Field(
+        [], description="lm-evaluation-harness task, group or tag names (hellaswag, arc_easy, mmlu, ...; their "
+                        "datasets must be reachable or cached), and names defined by the YAMLs of include_path")
+    include_path: list[str] = Field([], description="folders of local task YAMLs; relative to pipeline.yaml's "
+                                                    "directory")
+    limit: int | None = Field(None, ge=1, description="at most this many items per task; null: all")
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples; null: each task's own default")
+    bootstrap_iters: int = Field(1000, ge=0, description="the harness's bootstrap for the stderr of non-mean metrics")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="the dtype models are loaded in (auto: the checkpoint's)")
+    device: str | None = Field(None, json_schema_extra=UNVERSIONED, description="cpu, cuda, cuda:1, ...; "
+                                                                               "null: cuda if available, else cpu")
+    batch_size: int = Field(16, ge=1, json_schema_extra=UNVERSIONED, description="sequences per forward pass")
+    core_metric: Literal["acc", "acc_norm"] = Field("acc", description="the accuracy the CORE aggregate centres")
+    heldout: HeldOutConfig = HeldOutConfig()
+    max_chat_sequences: int = Field(256, ge=1, description="held-out IFT rows scored for the assistant loss")
     generated: GeneratedTasksConfig = GeneratedTasksConfig()
     gate: GateConfig = GateConfig()
+
+    @model_validator(mode="after")
+    def _gate_tasks_are_evaluated(self) -> "EvalConfig":
+        known = set(self.tasks) | set(self.generated.task_names())
+        for index, check in enumerate(self.gate.tasks):
+            if check.task not in known:
+                raise ValueError(f"gate.tasks.{index}.task: {check.task!r} is not evaluated; allowed: the names in "
+                                 f"eval.tasks and the generated tasks {sorted(known)}")
+        return self
 
 
 class RefreshConfig(Section):

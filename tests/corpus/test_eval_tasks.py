@@ -1,5 +1,5 @@
-"""Eval task items: lm-evaluation-harness-style multiple-choice JSONL, and the cloze and last-word tasks
-generated from held-out documents."""
+"""Eval tasks generated from held-out documents (cloze and last word), and the harness task folders
+they are written as (YAML + JSONL + loader), read back offline."""
 
 from __future__ import annotations
 
@@ -7,30 +7,35 @@ import json
 
 import pytest
 
-from corpus.eval_tasks import Document, TextItem, cloze_items, last_word_items, load_multiple_choice
+from corpus.eval_tasks import (CLOZE_TASK, LAST_WORD_TASK, Document, TextItem, cloze_items, jsonl_splits,
+                               last_word_items, write_task_folder)
 from tests.conftest import SAMPLE
 
 
-def test_multiple_choice_lines_with_index_or_text_gold(tmp_path):
-    path = tmp_path / "arc.jsonl"
-    path.write_text(json.dumps({"question": "Q?", "options": ["yes", "no"], "answer": "no"}) + "\n\n" +
-                    json.dumps({"question": "R?", "options": ["a", " b"], "answer": 0}) + "\n")
-    items = load_multiple_choice(path, "question", "options", "answer")
-    assert items == [TextItem("Q?", [" yes", " no"], 1), TextItem("R?", [" a", " b"], 0)]
-    assert len(load_multiple_choice(SAMPLE / "eval" / "debian_cloze.jsonl", "context", "choices", "gold")) == 40
+def test_the_shipped_task_data_loads_as_the_harness_reads_it():
+    dataset = jsonl_splits({"test": "debian_cloze.jsonl"}, SAMPLE / "eval")
+    assert len(dataset["test"]) == 40 and set(dataset["test"][0]) >= {"context", "choices", "gold"}
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{oops", "line 1: not JSON"),
-    ('{"context": "c", "choices": ["only one"], "gold": 0}', "list of 2\\+ non-empty strings"),
-    ('{"context": "c", "choices": ["a", "b"], "gold": 2}', "must be an index"),
-    ('{"context": "c", "choices": ["a", "b"], "gold": "z"}', "must be an index"),
-])
-def test_malformed_multiple_choice_lines_fail_naming_the_line(tmp_path, line, message):
-    path = tmp_path / "bad.jsonl"
-    path.write_text(line + "\n")
-    with pytest.raises(ValueError, match=message):
-        load_multiple_choice(path, "context", "choices", "gold")
+def test_a_malformed_line_fails_naming_the_file_and_line(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"context": "c"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl: line 2: not JSON"):
+        jsonl_splits({"test": "bad.jsonl"}, tmp_path)
+
+
+def test_generated_tasks_are_written_as_a_task_folder(tmp_path):
+    cloze = [TextItem("the context", [" one two", " three four"], 1)]
+    last = [TextItem("a passage ending before its", [" word"], 0)]
+    assert write_task_folder(tmp_path / "tasks", cloze, last) == [CLOZE_TASK, LAST_WORD_TASK]
+    rows = [json.loads(line) for line in (tmp_path / "tasks" / f"{CLOZE_TASK}.jsonl").read_text().splitlines()]
+    assert rows == [{"context": "the context", "choices": ["one two", "three four"], "gold": 1}]
+    assert json.loads((tmp_path / "tasks" / f"{LAST_WORD_TASK}.jsonl").read_text()) == {
+        "context": "a passage ending before its", "word": "word"}
+    assert "output_type: loglikelihood" in (tmp_path / "tasks" / f"{LAST_WORD_TASK}.yaml").read_text()
+    assert sorted(path.name for path in (tmp_path / "tasks").iterdir()) == sorted(
+        [f"{CLOZE_TASK}.jsonl", f"{CLOZE_TASK}.yaml", f"{LAST_WORD_TASK}.jsonl", f"{LAST_WORD_TASK}.yaml",
+         "jsonl_data.py"])
+    assert write_task_folder(tmp_path / "none", [], []) == [] and not list((tmp_path / "none").iterdir())
 
 
 def documents(count: int, words: int = 200, lang: str = "en") -> list[Document]:

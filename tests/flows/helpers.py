@@ -42,7 +42,7 @@ LATER_PHASES = {
     "model": {"family": "llama", "preset": "llama-tiny", "n_positions": 512},
     "cpt": {"enabled": True, "steps": 2, "warmup_steps": 1, "budget_tokens": 5_000},
     "ift": {"enabled": True, "steps": 2, "warmup_steps": 1, "chat_files": [str(SAMPLE / "chat" / "*.jsonl")]},
-    "eval": {"enabled": True, "max_sequences_per_source": 8,
+    "eval": {"enabled": True, "max_chat_sequences": 8, "heldout": {"max_bytes_per_source": 20_000},
              "generated": {"cloze_items": 10, "last_word_items": 10}},
 }
 

@@ -47,7 +47,7 @@ def _store(stack, bucket: str) -> S3Store:
 
 # The sample as the demo runs it, with a few training steps instead of the demo's ~600.
 QUICK_TRAINING = {"train.steps": 4, "train.checkpoint_every": 2, "train.warmup_steps": 1, "cpt.steps": 2,
-                  "cpt.warmup_steps": 1, "ift.steps": 2, "ift.warmup_steps": 1, "eval.max_sequences_per_source": 8,
+                  "cpt.warmup_steps": 1, "ift.steps": 2, "ift.warmup_steps": 1, "eval.max_chat_sequences": 8,
                   "eval.generated.cloze_items": 10, "eval.generated.last_word_items": 10}
 
 

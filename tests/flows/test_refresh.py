@@ -48,8 +48,10 @@ def test_two_refreshes_rebuild_only_what_the_new_domain_files_affect(tmp_path, s
     write_domain_pages(tmp_path / "manual" / "m1.warc.gz", pages=6, seed=1)
     sources = [{"name": "web", "kind": "warc", "location": str(tmp_path / "web")},
                {"name": "manual", "kind": "warc", "location": str(tmp_path / "manual"), "role": "domain"}]
+    # a refresh's few new pages hold less held-out domain text than a gate should judge on: allow it here
+    phases = {**LATER_PHASES, "eval": {**LATER_PHASES["eval"], "gate": {"min_domain_tokens": 0}}}
     config = str(write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=sources,
-                              mixture={"budget_tokens": 20_000, "weights": {"web": 1.0}}, **LATER_PHASES))
+                              mixture={"budget_tokens": 20_000, "weights": {"web": 1.0}}, **phases))
     full = pretrain_pipeline(config_path=config)
     assert full["stages"]["eval"]["status"] == "executed"
     domain_chain = {"ingest/manual", "clean/manual", "langid/manual", "dedup", "filter/manual", "tokens/manual"}
@@ -84,7 +86,7 @@ def test_two_refreshes_rebuild_only_what_the_new_domain_files_affect(tmp_path, s
     history = refresh_history(store, FLOW_NAME)
     assert [entry["run_id"] for entry in history] == [first["run_id"], second["run_id"], nothing_new["run_id"]]
     assert history[0]["data"]["manual"]["new_documents"] == 4 and set(history[0]["model"]) == {"cpt", "ift"}
-    assert history[0]["gate"]["candidate_model"].startswith("ift@") and "domain_perplexity" in \
+    assert history[0]["gate"]["candidate_model"].startswith("ift@") and "domain_bpb" in \
         next(iter(history[0]["scores"].values()))
     assert "no new domain documents" in history[2]["note"]
 

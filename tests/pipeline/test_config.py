@@ -424,6 +424,12 @@ def test_bad_ift_and_eval_settings_name_the_key(tmp_path):
     raw = raw_minimal()
     raw["eval"] = {"gate": {"general_tolerance": -0.1}}
     assert "eval.gate.general_tolerance" in config_error(tmp_path, raw)
+    raw["eval"] = {"heldout": {"window": 128, "stride": 256}}
+    assert "eval.heldout: stride (256) must not exceed window (128)" in config_error(tmp_path, raw)
+    raw["eval"] = {"tasks": ["hellaswag"], "gate": {"tasks": [{"task": "arc_easy", "metric": "acc"}]}}
+    assert "gate.tasks.0.task: 'arc_easy' is not evaluated" in config_error(tmp_path, raw)
+    raw["eval"] = {"dtype": "int8"}
+    assert "eval.dtype" in config_error(tmp_path, raw)
 
 
 def test_the_refresh_schedule_is_validated(tmp_path):

@@ -87,43 +87,14 @@ def hf_directory(store, manifest: dict, directory: Path) -> Path:
     return fetch_hf_dir(store, manifest, directory)
 
 
-def val_rows(store, manifest: dict, limit: int, scratch: Path) -> tuple:
-    """The first `limit` held-out rows of a tokens (or IFT) artifact, and their loss masks if it has them."""
-    import numpy as np
-
-    from corpus.token_shards import read_tokens, sequences
-    from tasks.training import fetch_token_shards, val_shards
-
-    rows, masks = [], []
-    for path in fetch_token_shards(store, val_shards([manifest]), scratch / "val" / manifest["version"]):
-        table = read_tokens(path)
-        rows.append(sequences(table))
-        if "loss_mask" in table.column_names:
-            column = table.column("loss_mask").combine_chunks()
-            masks.append(column.values.to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size))
-    return np.concatenate(rows)[:limit], (np.concatenate(masks)[:limit] if masks else None)
-
-
 def held_out_loss(store, model: dict | Path, rows_manifest: dict, tmp_path: Path) -> dict:
-    """Loss and perplexity of a model (an artifact's hf/ directory, or a checkpoint directory, through
-    transformers) on the first 64 held-out rows of a tokens or IFT artifact (with its loss mask, if it has
-    one): mean over the target positions."""
-    import math
-
-    import torch
-
+    """Loss and perplexity of a model (an artifact's hf/ directory, or a checkpoint directory) on the first 64
+    held-out rows of a tokens or IFT artifact, over the targets training scores — the eval stage's functions."""
     from model.checkpoint import load_model
-    from model.loss import targets_and_weights
+    from model.scoring import row_loss
+    from tasks.evaluate import val_rows
 
     directory = model if isinstance(model, Path) else hf_directory(store, model, tmp_path / "model" / model["version"])
-    model = load_model(directory).eval()
     rows, masks = val_rows(store, rows_manifest, 64, tmp_path)
-    pad_id = rows_manifest["summary"]["pad_id"]
-    inputs, targets, weights = targets_and_weights(torch.from_numpy(rows.astype("int64")), pad_id,
-                                                   torch.from_numpy(masks) if masks is not None else None)
-    with torch.no_grad():
-        logits = model(input_ids=inputs).logits.float()
-    losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                               reduction="none")
-    loss = float((losses * weights.reshape(-1)).sum() / weights.sum())
-    return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(weights.sum())}
+    loss = row_loss(load_model(directory).eval(), rows, rows_manifest["summary"]["pad_id"], masks)
+    return {"perplexity": loss.perplexity, "loss": loss.loss, "tokens": loss.tokens}
