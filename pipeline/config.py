@@ -619,12 +619,18 @@ class EvalConfig(Section):
 
 
 class RefreshConfig(Section):
-    """The schedule of the `pretrain-pipeline/cpt-refresh` deployment (applied by `make up`)."""
+    """The schedule of the `pretrain-pipeline/cpt-refresh` deployment (applied by `make up`) and the
+    least new domain data a refresh trains on."""
 
     cron: str = Field("0 3 * * 1", json_schema_extra=UNVERSIONED, description="cron expression (5 fields)")
     timezone: str = Field("UTC", json_schema_extra=UNVERSIONED)
     active: bool = Field(False, json_schema_extra=UNVERSIONED,
-                         description="false: the schedule is created paused; resume it in the UI or the CLI")
+                         description="false: the schedule is created paused; resume it in the UI or the CLI. "
+                                     "`make up` keeps a resumed or paused schedule as it is unless this changes")
+    min_new_tokens: int = Field(
+        100_000, ge=0, json_schema_extra=UNVERSIONED,
+        description="a refresh with fewer new domain training tokens (after dedup and filter) stops before cpt "
+                    "and says so; 0: any new token is enough")
 
     @model_validator(mode="after")
     def _valid_schedule(self) -> "RefreshConfig":

@@ -53,6 +53,12 @@ class RunRecorder:
     def stage_failed(self, artifact: str, error: str) -> None:
         self.stage(artifact, {"status": "failed", "error": error})
 
+    def note(self, message: str) -> None:
+        """Why a run that completes did less than its flow would (e.g. a refresh with nothing new)."""
+        with self._lock:
+            self.record["note"] = message
+            self._write()
+
     def finish(self, status: str) -> dict:
         with self._lock:
             self.record["status"] = status

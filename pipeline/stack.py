@@ -26,6 +26,7 @@ DEFAULT_S3_PORT = 8333
 DEFAULT_PREFECT_PORT = 4200
 WORK_POOL = "local-process"
 STATE = "state.json"
+SCHEDULE_STATE = "refresh-schedule.json"  # refresh.active as last applied (pipeline/schedule.py)
 
 
 @dataclass
@@ -152,10 +153,19 @@ def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect
     except BaseException:
         down(directory, say=lambda _msg: None)  # nothing half-started is left running
         raise
-    env_file = directory / "env"
-    env_file.write_text("".join(f"export {key}={value}\n" for key, value in stack.env().items()))
-    env_file.chmod(0o600)
+    write_env_file(stack)
     return stack
+
+
+def write_env_file(stack: Stack) -> Path:
+    """`<stack dir>/env`, for `. .stack/env`: the stack's variables, and this venv's bin/ first on PATH
+    (so `prefect` and `pretrain-pipeline` are found without activating the venv)."""
+    env_file = Path(stack.directory) / "env"
+    lines = [f"export {key}={value}\n" for key, value in stack.env().items()]
+    lines.append(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
+    env_file.write_text("".join(lines))
+    env_file.chmod(0o600)
+    return env_file
 
 
 def _start_prefect(stack: Stack, refresh, say) -> None:
@@ -181,9 +191,10 @@ def _start_prefect(stack: Stack, refresh, say) -> None:
     say(f"creating work pool {WORK_POOL!r} and registering the deployments of prefect.yaml ...")
     _run([_bin("prefect"), "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"], client_env, setup_log)
     _run([_bin("prefect"), "--no-prompt", "deploy", "--all"], client_env, setup_log)
-    schedule = apply_refresh_schedule(stack.api_url, refresh)
+    schedule = apply_refresh_schedule(stack.api_url, refresh, directory / SCHEDULE_STATE)
     say(f"{schedule['deployment']}: cron {schedule['cron']!r} ({schedule['timezone']}), "
-        f"{'active' if schedule['active'] else 'paused'}")
+        f"{'active' if schedule['active'] else 'paused'}"
+        f"{' (as set in the UI or CLI; refresh.active unchanged)' if schedule['kept'] else ''}")
 
     say("starting a worker ...")
     worker = _spawn([_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
