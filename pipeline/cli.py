@@ -219,8 +219,10 @@ def cmd_stack(args) -> int:
     if args.action == "up":
         running = stack.up(directory, s3_port=args.s3_port, prefect_port=args.prefect_port)
         print(f"Prefect UI:   {running.ui_url}\nS3 endpoint:  {running.s3.endpoint_url}\n"
-              f"Environment:  source {directory / 'env'}   (credentials and PREFECT_API_URL)\n"
-              f"Run:          prefect deployment run 'pretrain-pipeline/full'")
+              f"Then, in your shell (the credentials, PREFECT_API_URL, and {Path(sys.executable).parent} on PATH "
+              f"for `prefect` and `pretrain-pipeline`):\n"
+              f"  . {directory / 'env'}\n"
+              f"  prefect deployment run 'pretrain-pipeline/full' --watch")
     elif args.action == "down":
         stack.down(directory)
     else:

@@ -644,6 +644,40 @@ class RefreshConfig(Section):
         return self
 
 
+class FailedRunAlertConfig(Section):
+    """The automation on a failed run of the pretrain-pipeline flow (any deployment, or none)."""
+
+    enabled: bool = Field(True, json_schema_extra=UNVERSIONED)
+
+
+class LateRefreshAlertConfig(Section):
+    """The automation on a scheduled cpt-refresh run that did not start in time."""
+
+    enabled: bool = Field(True, json_schema_extra=UNVERSIONED)
+    within_seconds: int = Field(
+        3600, ge=60, le=7 * 86400, json_schema_extra=UNVERSIONED,
+        description="it fires when a cpt-refresh run marked Late (15 s after it was due) is not Pending or "
+                    "Running this many seconds later")
+
+
+class AlertsConfig(Section):
+    """The Prefect automations `make up` creates (pipeline/alerts.py)."""
+
+    failed_run: FailedRunAlertConfig = FailedRunAlertConfig()
+    late_refresh: LateRefreshAlertConfig = LateRefreshAlertConfig()
+    notify: str | None = Field(
+        None, json_schema_extra=UNVERSIONED,
+        description="a Prefect notification block, `<block type slug>/<block name>` (e.g. slack-webhook/data-eng), "
+                    "that the automations send to; null: they fire without sending (the UI lists each firing)")
+
+    @field_validator("notify")
+    @classmethod
+    def _block_slug(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9-]+/[A-Za-z0-9_.-]+", value):
+            raise ValueError(f"{value!r} is not `<block type slug>/<block name>`, e.g. slack-webhook/data-eng")
+        return value
+
+
 class ClusterConfig(Section):
     """Where the data stages' work units run (pipeline/parallel.py). It changes no output: a stage gives
     the same version and the same bytes on every runner, so nothing here is versioned."""
@@ -696,6 +730,7 @@ class PipelineConfig(Section):
     ift: IftConfig = IftConfig()
     eval: EvalConfig = EvalConfig()
     refresh: RefreshConfig = RefreshConfig()
+    alerts: AlertsConfig = AlertsConfig()
     cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
