@@ -32,6 +32,7 @@ from prefect.runtime import flow_run
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.parallel import cluster_session
+from pipeline.report import publish_run_report
 from pipeline.runs import RunRecorder
 from pipeline.storage import open_store
 from flows.dag import not_run_after, run_pipeline, stage_names
@@ -89,8 +90,11 @@ def pretrain_pipeline(
             blocked &= set(refresh_artifacts(ctx))
         for name in sorted(blocked):
             recorder.stage(name, {"status": "not_run", "error": "an upstream stage failed"})
+        publish_run_report({**recorder.record, "status": "failed"}, store.uri(recorder.key))
         recorder.finish("failed")
         raise PipelineFailed(f"stage(s) failed: {', '.join(sorted(failed))}; run record: {store.uri(recorder.key)}")
+    # the flow run's own artifacts (summary, funnel) before the record says it finished
+    publish_run_report({**recorder.record, "status": "completed"}, store.uri(recorder.key))
     record = recorder.finish("completed")
     for name, stage in sorted(record["stages"].items()):
         logger.info("%-28s %-9s %s", name, stage["status"], stage.get("uri", ""))

@@ -1,10 +1,12 @@
 """`pretrain-pipeline`: run the flow, validate the config, browse artifacts, runs and refs, drive the stack.
 
     pretrain-pipeline validate [-c pipeline.yaml] [--set KEY=VALUE ...]
-    pretrain-pipeline run      [-c ...] [--set ...] [--only STAGE ...] [--force STAGE ...] [--refresh]
+    pretrain-pipeline run      [-c ...] [--set ...] [--only STAGE ...] [--force STAGE ...] [--refresh] [--json]
     pretrain-pipeline artifacts list | show ARTIFACT [VERSION] | quarantine ARTIFACT [VERSION]
     pretrain-pipeline runs list | show RUN_ID
     pretrain-pipeline refresh history [--json]
+    pretrain-pipeline watch    FLOW_RUN_ID
+    pretrain-pipeline lineage  REF | ARTIFACT[@VERSION] [--json]
     pretrain-pipeline refs show NAME | history NAME | set NAME ARTIFACT VERSION
     pretrain-pipeline quality-model train --positive SPEC ... --negative SPEC ... [--name default]
     pretrain-pipeline stack up | down | status
@@ -58,7 +60,13 @@ def cmd_run(args) -> int:
 
     result = pretrain_pipeline(config_path=args.config, overrides=parse_overrides(args.set) or None,
                                only=args.only, force=args.force, refresh=args.refresh)
-    print(json.dumps(result, indent=2, default=str))
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    from .report import summary_lines
+
+    record = read_run(_store(args), result["run_id"])
+    print("\n".join(summary_lines(record, result["record"])))
     return 0
 
 
@@ -178,6 +186,27 @@ def cmd_runs(args) -> int:
             print(f"  {'':30} error: {stage['error']}")
     if args.config_too:
         print(json.dumps(run["config"], indent=2))
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from .follow import follow
+
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        raise SystemExit("error: PREFECT_API_URL is not set; `. .stack/env` first (or export it for your server)")
+    state = follow(api_url, args.flow_run_id, timeout=args.timeout)
+    return 0 if state == "Completed" else 1
+
+
+def cmd_lineage(args) -> int:
+    from .lineage import LineageError, lineage, render
+
+    try:
+        tree = lineage(_store(args), args.target)
+    except LineageError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(json.dumps(tree, indent=2) if args.json else "\n".join(render(tree)))
     return 0
 
 
@@ -327,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", help="rebuild this stage as a new version (repeatable)")
     run.add_argument("--refresh", action="store_true",
                      help="the CPT refresh (as the cpt-refresh deployment) instead of the whole DAG")
+    run.add_argument("--json", action="store_true",
+                     help="print the flow's full result (every stage's record) as JSON instead of the summary")
     run.set_defaults(fn=cmd_run)
 
     artifacts = with_config(sub.add_parser("artifacts", help="list artifacts, show a manifest or a quarantine"))
@@ -344,6 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("action", choices=["history"])
     refresh.add_argument("--json", action="store_true", help="as JSON")
     refresh.set_defaults(fn=cmd_refresh)
+
+    watch = sub.add_parser("watch", help="follow a flow run: its logs, then how it ended and why")
+    watch.add_argument("flow_run_id", help="the flow run's id (`prefect deployment run` prints it)")
+    watch.add_argument("--timeout", type=int, default=3600, help="give up after this many seconds")
+    watch.set_defaults(fn=cmd_watch)
+
+    lineage = with_config(sub.add_parser(
+        "lineage", help="the tree from an artifact back to the raw input files: versions, config digests, "
+                        "code and git versions, the flow run that built each"))
+    lineage.add_argument("target", help="a ref (current), an artifact (latest version) or ARTIFACT@VERSION")
+    lineage.add_argument("--json", action="store_true", help="as JSON: every node by artifact@version, and the root")
+    lineage.set_defaults(fn=cmd_lineage)
 
     refs = with_config(sub.add_parser("refs", help="movable names pointing at artifact versions"))
     refs.add_argument("action", choices=["show", "history", "set"])

@@ -153,11 +153,11 @@ def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect
     except BaseException:
         down(directory, say=lambda _msg: None)  # nothing half-started is left running
         raise
-    write_env_file(stack)
+    _write_env_file(stack)
     return stack
 
 
-def write_env_file(stack: Stack) -> Path:
+def _write_env_file(stack: Stack) -> Path:
     """`<stack dir>/env`, for `. .stack/env`: the stack's variables, and this venv's bin/ first on PATH
     (so `prefect` and `pretrain-pipeline` are found without activating the venv)."""
     env_file = Path(stack.directory) / "env"

@@ -42,6 +42,7 @@ PLATFORM = "x86_64-manylinux_2_28"
 LOCKS = {
     "requirements/py311.txt": ("test", "train"),          # make venv, .ci/run: the tests and the training stages
     "requirements/py311-worker.txt": ("train",),          # docker/worker-*.Dockerfile
+    "requirements/py311-all.txt": ("test", "train", "cluster", "toxicity"),  # every optional extra on top
 }
 NOT_LOCKED = re.compile(r"^(torch|nvidia-.*|triton)$")     # torch comes first, from its own index
 DIGEST_LINE = re.compile(r"^# inputs-sha256: ([0-9a-f]{64})$", re.M)

@@ -213,6 +213,13 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, seaweed, 
     uninterrupted = _run_cli(clean, env)
     output, _ = uninterrupted.communicate(timeout=300)
     assert uninterrupted.returncode == 0, output
+    # `run` ends with a short summary (stages, the funnel), not the JSON of every stage (that is --json)
+    head = re.search(r"^run \S+: completed$", output, re.M)
+    assert head, output[-3000:]
+    summary = output[head.start():]
+    assert "stage     source       docs in  docs out" in summary
+    assert re.search(r"^ingest    web +[\d,]+ +[\d,]+ ", summary, re.M) and '"stages"' not in summary
+    assert summary.rstrip().splitlines()[-1].startswith("run record: s3://")
 
     [resumed_manifest] = list_versions(store, "ingest/web")
     [clean_manifest] = list_versions(S3Store(bucket, "clean", endpoint_url=seaweed.endpoint_url), "ingest/web")
