@@ -115,6 +115,7 @@ def compile_locks(uv: str, pip: str, upgrade: bool, root: Path = REPO) -> None:
     pyproject = tomllib.loads((root / "pyproject.toml").read_text())
     torch = torch_pin(pyproject)
     wheel = torch_wheel(pip, torch)
+    uv = str(Path(uv).resolve()) if "/" in uv else uv  # uv runs in `root`
     with tempfile.TemporaryDirectory() as scratch:
         override = Path(scratch) / "torch.txt"
         override.write_text(f"torch @ {wheel}\n")
