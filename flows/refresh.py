@@ -13,8 +13,9 @@ are removed as `duplicate_of_earlier_run` and CPT trains on the new ones, with r
 data the base model saw. The tokenizer is the one the model was trained with (never retrained here).
 Nothing new after dedup: filter, tokens, cpt, ift and eval are not run, and the run record says so
 (its `note`, each stage's `error`); fewer new domain training tokens than `refresh.min_new_tokens`
-after filter and tokens: cpt, ift and eval are not run, the same way. Every artifact read without being rebuilt is in the run record with status `reused`, so
-`pretrain-pipeline refresh history` can say which data, which model and which scores each refresh had.
+after filter and tokens: cpt, ift and eval are not run, the same way. Every artifact read without
+being rebuilt is in the run record with status `reused`, so `pretrain-pipeline refresh history` can
+say which data, which model and which scores each refresh had.
 """
 
 from __future__ import annotations

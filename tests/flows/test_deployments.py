@@ -187,6 +187,7 @@ def test_the_refresh_schedule_comes_from_the_config_and_is_paused(stack):
     assert schedule.active is False and deployment.parameters["refresh"] is True
 
 
+@pytest.mark.timeout(600)  # two runs through the whole DAG: ~5 min on a busy 2-core machine
 def test_retry_of_a_failed_run_reexecutes_only_the_failed_stage(stack, tmp_path):
     bucket = "retry-" + uuid.uuid4().hex[:10]
     store = _store(stack, bucket)

@@ -109,7 +109,7 @@ def test_unknown_top_level_key(tmp_path):
     raw["ingets"] = {"workers": 2}
     message = config_error(tmp_path, raw)
     assert "ingets: unknown key" in message
-    assert "allowed keys here: clean, cluster, cpt, dedup, eval, filter, ift, ingest, langid, mixture, model, " \
+    assert "allowed keys here: alerts, clean, cluster, cpt, dedup, eval, filter, ift, ingest, langid, mixture, model, " \
            "quality_model, refresh, sources, storage, tokenize, tokenizer, train" in message
     assert str(tmp_path / "pipeline.yaml") in message
 
