@@ -76,8 +76,9 @@ def _stage_row(stage: str, source: str, entry: dict) -> dict[str, Any]:
         tokens = sum(split.get("tokens", 0) for split in counts.get("splits", {}).values()) if counts else None
         return _row(stage, source, counts.get("documents_in"), counts.get("documents"), tokens_out=tokens,
                     status=status)
+    routed = {f"routed:{lang}": number for lang, number in counts.get("routed", {}).items()}  # langid's route
     return _row(stage, source, counts.get("documents_in"), counts.get("documents"),
-                reasons=_reasons(counts.get("removed")) if counts else None, status=status)
+                reasons=_reasons(counts.get("removed"), routed) if counts else None, status=status)
 
 
 def _cell(value: Any) -> str:

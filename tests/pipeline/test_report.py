@@ -16,6 +16,8 @@ RECORD = {
                                                                           "quarantined": {}, "skipped": {}}},
         "clean/web": {"status": "executed", "version": "v3", "counts": {
             "documents_in": 110, "documents": 100, "removed": {"empty_text": 10}}},
+        "langid/web": {"status": "executed", "version": "v3b", "counts": {
+            "documents_in": 100, "documents": 97, "removed": {"lang_not_kept": 1}, "routed": {"und": 2}}},
         "dedup": {"status": "executed", "version": "v4", "counts": {
             "documents_in": 105, "documents": 80, "removed": {"near_duplicate": 20, "exact_duplicate": 5},
             "sources": {"web": {"documents_in": 100, "documents": 76}, "docs": {"documents_in": 5, "documents": 4}}}},
@@ -32,11 +34,12 @@ RECORD = {
 def test_the_funnel_follows_the_dag_per_source_with_removals_by_reason():
     rows = funnel_rows(RECORD)
     assert [(row["stage"], row["source"]) for row in rows] == [
-        ("ingest", "web"), ("ingest", "docs"), ("clean", "web"), ("dedup", "web"), ("dedup", "docs"),
+        ("ingest", "web"), ("ingest", "docs"), ("clean", "web"), ("langid", "web"), ("dedup", "web"), ("dedup", "docs"),
         ("dedup", "(all)"), ("filter", "web"), ("tokens", "web"), ("mixture", "web"), ("pretrain", "")]
     by = {(row["stage"], row["source"]): row for row in rows}
     assert by["ingest", "web"] == {**by["ingest", "web"], "documents_in": 120, "documents_out": 110, "removed": 10,
                                    "removed_by_reason": "not_html 6, invalid_json 4", "status": "cached"}
+    assert by["langid", "web"]["removed_by_reason"] == "routed:und 2, lang_not_kept 1"
     assert by["dedup", "web"]["removed"] == 24 and by["dedup", "docs"]["removed"] == 1
     assert by["dedup", "(all)"]["removed_by_reason"] == "near_duplicate 20, exact_duplicate 5"
     assert by["filter", "web"]["removed_by_reason"] == "eval_overlap 4, gopher_short_doc 2"
@@ -53,7 +56,7 @@ def test_the_summary_is_short_and_in_dag_order():
     lines = summary_lines({**RECORD, "note": "not trained: because"}, "s3://b/p/runs/r1.json")
     assert lines[0] == "run r1: completed (not trained: because)"
     names = [line.split()[0] for line in lines[2:2 + len(RECORD["stages"])]]
-    assert names == ["ingest/docs", "ingest/web", "clean/web", "dedup", "filter/web", "tokens/web", "mixture",
+    assert names == ["ingest/docs", "ingest/web", "clean/web", "langid/web", "dedup", "filter/web", "tokens/web", "mixture",
                      "pretrain", "eval"]
     assert "eval                   not_run                         an upstream stage failed" in lines
     assert funnel_lines(funnel_rows(RECORD))[0] in lines
