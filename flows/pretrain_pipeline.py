@@ -43,7 +43,11 @@ FLOW_NAME = "pretrain-pipeline"
 
 
 class PipelineFailed(RuntimeError):
-    """One or more stages failed; the run record says which and why."""
+    """One or more stages failed; the run record (of `run_id`) says which and why."""
+
+    def __init__(self, message: str, run_id: str | None = None):
+        super().__init__(message)
+        self.run_id = run_id
 
 
 def check_selection(config: PipelineConfig, only: list[str] | None, force: list[str] | None) -> None:
@@ -92,7 +96,8 @@ def pretrain_pipeline(
             recorder.stage(name, {"status": "not_run", "error": "an upstream stage failed"})
         publish_run_report({**recorder.record, "status": "failed"}, store.uri(recorder.key))
         recorder.finish("failed")
-        raise PipelineFailed(f"stage(s) failed: {', '.join(sorted(failed))}; run record: {store.uri(recorder.key)}")
+        raise PipelineFailed(f"stage(s) failed: {', '.join(sorted(failed))}; run record: {store.uri(recorder.key)}",
+                             run_id=run_id)
     # the flow run's own artifacts (summary, funnel) before the record says it finished
     publish_run_report({**recorder.record, "status": "completed"}, store.uri(recorder.key))
     record = recorder.finish("completed")

@@ -19,9 +19,9 @@ from datetime import timedelta
 from typing import Any
 
 from pipeline.config import AlertsConfig, ConfigError
+from pipeline.schedule import REFRESH_DEPLOYMENT
 
 FLOW = "pretrain-pipeline"
-REFRESH_DEPLOYMENT = "pretrain-pipeline/cpt-refresh"
 FAILED_RUN = "pretrain-pipeline: a run failed"
 LATE_REFRESH = "pretrain-pipeline: a scheduled refresh did not start"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .artifacts import fetch_verified, files_with_role, list_artifacts, list_versions, read_manifest
 from .config import ConfigError, PipelineConfig, load_config, parse_overrides
-from .runs import get_ref, list_runs, read_run, ref_history, set_ref
+from .runs import get_ref, list_runs, read_run, ref_history, run_key, set_ref
 from .storage import open_store
 
 
@@ -56,18 +56,24 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     _config(args)  # fail fast, before Prefect starts, on an invalid config or override
-    from flows.pretrain_pipeline import pretrain_pipeline
+    from flows.pretrain_pipeline import PipelineFailed, pretrain_pipeline
 
-    result = pretrain_pipeline(config_path=args.config, overrides=parse_overrides(args.set) or None,
-                               only=args.only, force=args.force, refresh=args.refresh)
+    try:
+        result = pretrain_pipeline(config_path=args.config, overrides=parse_overrides(args.set) or None,
+                                   only=args.only, force=args.force, refresh=args.refresh)
+    except PipelineFailed as exc:  # stages failed: the same summary (or the record), saying which and why
+        if exc.run_id is None:
+            raise
+        store = _store(args)
+        result = {"run_id": exc.run_id, "record": store.uri(run_key(exc.run_id)), "status": "failed",
+                  "error": str(exc), "stages": read_run(store, exc.run_id)["stages"]}
     if args.json:
         print(json.dumps(result, indent=2, default=str))
-        return 0
-    from .report import summary_lines
+    else:
+        from .report import summary_lines
 
-    record = read_run(_store(args), result["run_id"])
-    print("\n".join(summary_lines(record, result["record"])))
-    return 0
+        print("\n".join(summary_lines(read_run(_store(args), result["run_id"]), result["record"])))
+    return 1 if result.get("status") == "failed" else 0
 
 
 def cmd_artifacts(args) -> int:

@@ -89,7 +89,9 @@ def test_deployment_run_completes_and_writes_artifacts(stack):
     assert refreshed["status"] == "completed" and refreshed["parameters"]["refresh"] is True
     assert refreshed["stages"]["dedup"]["counts"]["removed"] == {
         "duplicate_of_earlier_run": record["stages"]["dedup"]["counts"]["sources"]["docs"]["documents_in"]}
-    assert refreshed["stages"]["cpt"]["status"] == "not_run"
+    assert {refreshed["stages"][name]["status"] for name in ("filter/docs", "tokens/docs", "cpt", "ift", "eval")} \
+        == {"not_run"}
+    assert refreshed["note"].startswith("not trained: no new domain documents since run ")
     assert refreshed["stages"]["ingest/docs"]["status"] == "cached" and "ingest/web" not in refreshed["stages"]
 
 
