@@ -6,24 +6,45 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+LOCK   := requirements/py311.txt
+# Keep in step with the torch pin of pyproject.toml's `train` extra and docker/'s TORCH_VERSION
+# (tests/test_lock.py checks).
+TORCH_VERSION := 2.13.0
+PIP_VERSION   := 26.3
+UV_VERSION    := 0.13.8
+LOCK_TOOLS    := .cache/lock-tools
 
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 120
 
-.PHONY: venv chromium test demo up down bench sample clean
+.PHONY: venv lock chromium test demo up down bench sample clean
 
 venv: $(STAMP)
 
-# torch first: pip then keeps the local CPU build instead of downloading a CUDA one.
-$(STAMP): pyproject.toml
+# The versions come from the lock (requirements/py311.txt: every package at an exact version with its
+# hashes, resolved from pyproject.toml by `make lock`), never from whatever the registry has today.
+# torch first, with --no-deps: pip then keeps the local CPU build (2.13.0+cpu) instead of downloading a
+# CUDA one; the lock holds torch's dependencies. `lock.py check` fails first if pyproject.toml changed
+# since the lock was made.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,train]'
+	$(BIN)/python scripts/lock.py check
+	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
+	$(BIN)/pip install --quiet --no-deps torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
 	$(BIN)/pip check
 	$(BIN)/python -m pipeline.models
 	touch $(STAMP)
+
+# Resolve requirements/*.txt again from pyproject.toml (after changing a dependency there), keeping the
+# versions already locked where pyproject.toml allows them; `make lock UPGRADE=1` takes the newest
+# allowed instead. uv is installed on the side (.cache/lock-tools), not into the venv.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(LOCK_TOOLS)/bin/uv || $(BIN)/pip install --quiet --target $(LOCK_TOOLS) uv==$(UV_VERSION)
+	$(BIN)/python scripts/lock.py compile --uv $(LOCK_TOOLS)/bin/uv $(if $(UPGRADE),--upgrade)
 
 # The UI test drives Debian's headless Chromium; install it if this machine lacks it.
 chromium:

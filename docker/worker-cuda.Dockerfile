@@ -27,15 +27,19 @@ ENV PIP_NO_CACHE_DIR=1 \
     PRETRAIN_PIPELINE_HOME=/opt/pretrain-pipeline
 
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
+# Then every other package at the exact version and hash of the lock (`make lock`), without resolving:
+# the image gets the environment the tests ran in, whatever the registry holds by then.
+COPY requirements/py311-worker.txt ./requirements/py311-worker.txt
+RUN pip install --no-deps --require-hashes -r requirements/py311-worker.txt
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY corpus ./corpus
 COPY tasks ./tasks
 COPY flows ./flows
 COPY model ./model
-# The project (pip keeps the CUDA torch above: it satisfies torch==2.13.0), then the fastText
+# The project (--no-deps: the CUDA torch above stays), then the fastText
 # language-ID model that `make` fetches (python -m pipeline.models).
-RUN pip install -e '.[train]' \
+RUN pip install --no-deps -e . \
     && pip check \
     && python -m pipeline.models
 COPY pipeline.yaml prefect.yaml ./

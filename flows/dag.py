@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.artifacts import STAGES
 from pipeline.config import PipelineConfig
 from tasks.clean import clean_task
 from tasks.cpt import cpt_task
@@ -38,8 +39,6 @@ from tasks.tokenizer import tokenizer_task
 # In DAG order. Per-source stages write `<stage>/<source>`; dedup reads every source's langid artifact
 # and writes one artifact, which every source's filter reads its own documents from.
 SOURCE_STAGES = (("ingest", ingest_task), ("clean", clean_task), ("langid", langid_task))
-STAGES = ("ingest", "clean", "langid", "dedup", "filter", "tokenizer", "tokens", "mixture", "pretrain", "cpt", "ift",
-          "eval")
 GLOBAL_STAGES = {"dedup", "tokenizer", "mixture", "pretrain", "cpt", "ift", "eval"}
 
 

@@ -36,6 +36,7 @@ from prefect.runtime import flow_run
 
 from pipeline.config import PIPELINE_STAGES, ConfigError, PipelineConfig, load_config
 from pipeline.parallel import cluster_session
+from pipeline.report import publish_run_report
 from pipeline.runs import RunRecorder
 from pipeline.sources import check_location
 from pipeline.storage import open_store
@@ -48,7 +49,11 @@ FLOW_NAME = "pretrain-pipeline"
 
 
 class PipelineFailed(RuntimeError):
-    """One or more stages failed; the run record says which and why."""
+    """One or more stages failed; the run record (of `run_id`) says which and why."""
+
+    def __init__(self, message: str, run_id: str | None = None):
+        super().__init__(message)
+        self.run_id = run_id
 
 
 def check_selection(config: PipelineConfig, only: list[str] | None, force: list[str] | None) -> None:
@@ -127,8 +132,12 @@ def pretrain_pipeline(
             blocked &= set(refresh_artifacts(ctx))
         for name in sorted(blocked):
             recorder.stage(name, {"status": "not_run", "error": "an upstream stage failed"})
+        publish_run_report({**recorder.record, "status": "failed"}, store.uri(recorder.key))
         recorder.finish("failed")
-        raise PipelineFailed(f"stage(s) failed: {', '.join(sorted(failed))}; run record: {store.uri(recorder.key)}")
+        raise PipelineFailed(f"stage(s) failed: {', '.join(sorted(failed))}; run record: {store.uri(recorder.key)}",
+                             run_id=run_id)
+    # the flow run's own artifacts (summary, funnel) before the record says it finished
+    publish_run_report({**recorder.record, "status": "completed"}, store.uri(recorder.key))
     record = recorder.finish("completed")
     for name, stage in sorted(record["stages"].items()):
         logger.info("%-28s %-9s %s", name, stage["status"], stage.get("uri", ""))

@@ -11,9 +11,11 @@ versions (Cached). Dedup runs over the domain sources against the last completed
 index chains to every earlier run — so documents already used (by pretraining or an earlier refresh)
 are removed as `duplicate_of_earlier_run` and CPT trains on the new ones, with replay of the general
 data the base model saw. The tokenizer is the one the model was trained with (never retrained here).
-Nothing new (no domain training token left after dedup): cpt, ift and eval are not run and the run
-says so. Every artifact read without being rebuilt is in the run record with status `reused`, so
-`pretrain-pipeline refresh history` can say which data, which model and which scores each refresh had.
+Nothing new after dedup: filter, tokens, cpt, ift and eval are not run, and the run record says so
+(its `note`, each stage's `error`); fewer new domain training tokens than `refresh.min_new_tokens`
+after filter and tokens: cpt, ift and eval are not run, the same way. Every artifact read without
+being rebuilt is in the run record with status `reused`, so `pretrain-pipeline refresh history` can
+say which data, which model and which scores each refresh had.
 """
 
 from __future__ import annotations
@@ -41,9 +43,12 @@ class RefreshError(RuntimeError):
 
 
 def last_completed_run(store: ObjectStore, flow: str) -> dict | None:
-    """The latest completed run of the flow that built (or reused) a dedup and a tokenizer."""
+    """The latest completed run of the flow that built (or reused) a dedup and a tokenizer, and trained:
+    a refresh that stopped untrained (`stop`) is passed over, so the documents it found stay new for
+    the next one (they add up until there are `refresh.min_new_tokens`)."""
     runs = [run for run in list_runs(store) if run.get("flow") == flow and run.get("status") == "completed"
-            and run["stages"].get("dedup", {}).get("version") and run["stages"].get("tokenizer", {}).get("version")]
+            and run["stages"].get("dedup", {}).get("version") and run["stages"].get("tokenizer", {}).get("version")
+            and run["stages"].get("cpt", {}).get("status") != "not_run"]
     return max(runs, key=lambda run: run.get("finished_at") or "", default=None)
 
 
@@ -107,6 +112,12 @@ def run_refresh(ctx: RunContext, flow: str) -> dict[str, Any]:
                                  against=base_run["stages"]["dedup"]["version"], return_state=True)
     if not states["dedup"].is_completed():
         return states
+    new_documents = sum(states["dedup"].result()["counts"]["sources"].get(source, {}).get("documents", 0)
+                        for source in domain)
+    if not new_documents:
+        stop(ctx, [f"{stage}/{source}" for stage in ("filter", "tokens") for source in domain],
+             f"no new domain documents since run {base_run['run_id']}: nothing to continue pretraining on")
+        return states
     for source in domain:
         states[f"filter/{source}"] = filter_task(ctx, source, states["dedup"].result(), return_state=True)
         if states[f"filter/{source}"].is_completed():
@@ -115,14 +126,22 @@ def run_refresh(ctx: RunContext, flow: str) -> dict[str, Any]:
     if not completed(states, [f"tokens/{source}" for source in domain]):
         return states
     new_tokens = sum(states[f"tokens/{source}"].result()["counts"]["splits"]["train"]["tokens"] for source in domain)
-    if not new_tokens:
-        message = f"no new domain documents since run {base_run['run_id']}: nothing to continue pretraining on"
-        logger.info("refresh: %s", message)
-        for name in ("cpt", "ift", "eval"):
-            ctx.recorder.stage(name, {"status": "not_run", "error": message})
+    minimum = config.refresh.min_new_tokens
+    if not new_tokens or new_tokens < minimum:
+        stop(ctx, [], f"{new_tokens:,} new domain training tokens since run {base_run['run_id']}, fewer than "
+                      f"refresh.min_new_tokens ({minimum:,}): not trained")
         return states
     run_later_phases(ctx, states, START)
     return states
+
+
+def stop(ctx: RunContext, skipped: list[str], message: str) -> None:
+    """End the refresh early, completed but not trained: the stages it does not run, and the run itself,
+    say why in the run record; the flow run logs it as a warning."""
+    get_run_logger().warning("refresh stops: %s", message)
+    for name in [*skipped, "cpt", "ift", "eval"]:
+        ctx.recorder.stage(name, {"status": "not_run", "error": message})
+    ctx.recorder.note(f"not trained: {message}")
 
 
 def refresh_history(store: ObjectStore, flow: str) -> list[dict]:
@@ -152,6 +171,7 @@ def refresh_history(store: ObjectStore, flow: str) -> list[dict]:
                                for name in (gate["candidate"], gate["baseline"]) if name}
             entry["gate"] = {key: gate.get(key) for key in ("candidate_model", "baseline_model", "promote", "reason")}
         else:
-            entry["note"] = next((stage.get("error") for stage in stages.values() if stage.get("error")), None)
+            entry["note"] = run.get("note") or next((stage.get("error") for stage in stages.values()
+                                                      if stage.get("error")), None)
         history.append(entry)
     return history

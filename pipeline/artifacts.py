@@ -9,11 +9,13 @@ Layout in the store:
 `<artifact>` is the stage name, or `<stage>/<partition>` for stages that write one artifact per
 partition (ingest writes one per source). The version is a hash of what determines the output:
 stage, code version, the stage's config, and the versions of its inputs. A version directory
-without manifest.json does not exist for readers.
+without manifest.json does not exist for readers. The manifest's `build` says who built it: git sha,
+package version, commit time, and the flow run (`built_by`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -21,6 +23,7 @@ import json
 import logging
 import re
 import subprocess
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,6 +34,9 @@ MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = "pretrain-pipeline/manifest/v1"
 VERSION_RE = re.compile(r"^[0-9a-f]{20}$")
 ARTIFACTS = "artifacts"
+# The stages in DAG order (flows/dag.py wires them so; Prefect artifact keys and reports sort by it).
+STAGES = ("ingest", "clean", "langid", "dedup", "filter", "tokenizer", "tokens", "mixture", "pretrain", "cpt", "ift",
+          "eval")
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +187,21 @@ def _git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
+# What the caller knows about the build that the writer does not: the flow run building it
+# (tasks/stage.py sets it around every stage's build).
+_BUILT_BY: ContextVar[dict] = ContextVar("built_by", default={})
+
+
+@contextlib.contextmanager
+def built_by(**fields: Any) -> Iterator[None]:
+    """Record `fields` (e.g. flow_run_id, flow_run_name) in the `build` of every manifest committed inside."""
+    token = _BUILT_BY.set({**_BUILT_BY.get(), **fields})
+    try:
+        yield
+    finally:
+        _BUILT_BY.reset(token)
+
+
 def build_info() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -192,6 +213,7 @@ def build_info() -> dict:
         "git_sha": _git_sha(),
         "package_version": package,
         "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **_BUILT_BY.get(),
     }
 
 

@@ -1,10 +1,12 @@
 """`pretrain-pipeline`: run the flow, validate the config, browse artifacts, runs and refs, drive the stack.
 
     pretrain-pipeline validate [-c pipeline.yaml] [--set KEY=VALUE ...]
-    pretrain-pipeline run      [-c ...] [--set ...] [--only STAGE ...] [--force STAGE ...] [--refresh]
+    pretrain-pipeline run      [-c ...] [--set ...] [--only STAGE ...] [--force STAGE ...] [--refresh] [--json]
     pretrain-pipeline artifacts list | show ARTIFACT [VERSION] | quarantine ARTIFACT [VERSION]
     pretrain-pipeline runs list | show RUN_ID
     pretrain-pipeline refresh history [--json]
+    pretrain-pipeline watch    FLOW_RUN_ID
+    pretrain-pipeline lineage  REF | ARTIFACT[@VERSION] [--json]
     pretrain-pipeline refs show NAME | history NAME | set NAME ARTIFACT VERSION
     pretrain-pipeline quality-model train --positive SPEC ... --negative SPEC ... [--name default]
     pretrain-pipeline stack up | down | status
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from .artifacts import fetch_verified, files_with_role, list_artifacts, list_versions, read_manifest
 from .config import ConfigError, PipelineConfig, load_config, parse_overrides
-from .runs import get_ref, list_runs, read_run, ref_history, set_ref
+from .runs import get_ref, list_runs, read_run, ref_history, run_key, set_ref
 from .storage import open_store
 
 
@@ -71,15 +73,27 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     # Fail fast, before Prefect starts (whose logs would wrap the error in tracebacks): the config and
     # overrides, the stage names, the sources' locations, the store and its credentials.
-    from flows.pretrain_pipeline import preflight, pretrain_pipeline
+    from flows.pretrain_pipeline import PipelineFailed, preflight, pretrain_pipeline
 
     config = _config(args)
     preflight(config, args.config, args.only, args.force, args.refresh)
     open_store(config.storage)
-    result = pretrain_pipeline(config_path=args.config, overrides=parse_overrides(args.set) or None,
-                               only=args.only, force=args.force, refresh=args.refresh)
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+    try:
+        result = pretrain_pipeline(config_path=args.config, overrides=parse_overrides(args.set) or None,
+                                   only=args.only, force=args.force, refresh=args.refresh)
+    except PipelineFailed as exc:  # stages failed: the same summary (or the record), saying which and why
+        if exc.run_id is None:
+            raise
+        store = _store(args)
+        result = {"run_id": exc.run_id, "record": store.uri(run_key(exc.run_id)), "status": "failed",
+                  "error": str(exc), "stages": read_run(store, exc.run_id)["stages"]}
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        from .report import summary_lines
+
+        print("\n".join(summary_lines(read_run(_store(args), result["run_id"]), result["record"])))
+    return 1 if result.get("status") == "failed" else 0
 
 
 def cmd_artifacts(args) -> int:
@@ -201,6 +215,27 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_watch(args) -> int:
+    from .follow import follow
+
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        raise SystemExit("error: PREFECT_API_URL is not set; `. .stack/env` first (or export it for your server)")
+    state = follow(api_url, args.flow_run_id, timeout=args.timeout)
+    return 0 if state == "Completed" else 1
+
+
+def cmd_lineage(args) -> int:
+    from .lineage import LineageError, lineage, render
+
+    try:
+        tree = lineage(_store(args), args.target)
+    except LineageError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(json.dumps(tree, indent=2) if args.json else "\n".join(render(tree)))
+    return 0
+
+
 def cmd_refs(args) -> int:
     store = _store(args)
     if args.action == "show":
@@ -239,8 +274,10 @@ def cmd_stack(args) -> int:
     if args.action == "up":
         running = stack.up(directory, s3_port=args.s3_port, prefect_port=args.prefect_port)
         print(f"Prefect UI:   {running.ui_url}\nS3 endpoint:  {running.s3.endpoint_url}\n"
-              f"Environment:  source {directory / 'env'}   (credentials and PREFECT_API_URL)\n"
-              f"Run:          prefect deployment run 'pretrain-pipeline/full'")
+              f"Then, in your shell (the credentials, PREFECT_API_URL, and {Path(sys.executable).parent} on PATH "
+              f"for `prefect` and `pretrain-pipeline`):\n"
+              f"  . {directory / 'env'}\n"
+              f"  prefect deployment run 'pretrain-pipeline/full' --watch")
     elif args.action == "down":
         stack.down(directory)
     else:
@@ -346,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", help="rebuild this stage as a new version (repeatable)")
     run.add_argument("--refresh", action="store_true",
                      help="the CPT refresh (as the cpt-refresh deployment) instead of the whole DAG")
+    run.add_argument("--json", action="store_true",
+                     help="print the flow's full result (every stage's record) as JSON instead of the summary")
     run.set_defaults(fn=cmd_run)
 
     artifacts = with_config(sub.add_parser("artifacts", help="list artifacts, show a manifest or a quarantine"))
@@ -363,6 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("action", choices=["history"])
     refresh.add_argument("--json", action="store_true", help="as JSON")
     refresh.set_defaults(fn=cmd_refresh)
+
+    watch = sub.add_parser("watch", help="follow a flow run: its logs, then how it ended and why")
+    watch.add_argument("flow_run_id", help="the flow run's id (`prefect deployment run` prints it)")
+    watch.add_argument("--timeout", type=int, default=3600, help="give up after this many seconds")
+    watch.set_defaults(fn=cmd_watch)
+
+    lineage = with_config(sub.add_parser(
+        "lineage", help="the tree from an artifact back to the raw input files: versions, config digests, "
+                        "code and git versions, the flow run that built each"))
+    lineage.add_argument("target", help="a ref (current), an artifact (latest version) or ARTIFACT@VERSION")
+    lineage.add_argument("--json", action="store_true", help="as JSON: every node by artifact@version, and the root")
+    lineage.set_defaults(fn=cmd_lineage)
 
     refs = with_config(sub.add_parser("refs", help="movable names pointing at artifact versions"))
     refs.add_argument("action", choices=["show", "history", "set"])

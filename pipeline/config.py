@@ -775,12 +775,18 @@ class EvalConfig(Section):
 
 
 class RefreshConfig(Section):
-    """The schedule of the `pretrain-pipeline/cpt-refresh` deployment (applied by `make up`)."""
+    """The schedule of the `pretrain-pipeline/cpt-refresh` deployment (applied by `make up`) and the
+    least new domain data a refresh trains on."""
 
     cron: str = Field("0 3 * * 1", json_schema_extra=UNVERSIONED, description="cron expression (5 fields)")
     timezone: str = Field("UTC", json_schema_extra=UNVERSIONED)
     active: bool = Field(False, json_schema_extra=UNVERSIONED,
-                         description="false: the schedule is created paused; resume it in the UI or the CLI")
+                         description="false: the schedule is created paused; resume it in the UI or the CLI. "
+                                     "`make up` keeps a resumed or paused schedule as it is unless this changes")
+    min_new_tokens: int = Field(
+        100_000, ge=0, json_schema_extra=UNVERSIONED,
+        description="a refresh with fewer new domain training tokens (after dedup and filter) stops before cpt "
+                    "and says so; 0: any new token is enough")
 
     @model_validator(mode="after")
     def _valid_schedule(self) -> "RefreshConfig":
@@ -792,6 +798,40 @@ class RefreshConfig(Section):
             reason = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
             raise ValueError(f"not a valid cron schedule ({self.cron!r}, timezone {self.timezone!r}): {reason}") from None
         return self
+
+
+class FailedRunAlertConfig(Section):
+    """The automation on a failed run of the pretrain-pipeline flow (any deployment, or none)."""
+
+    enabled: bool = Field(True, json_schema_extra=UNVERSIONED)
+
+
+class LateRefreshAlertConfig(Section):
+    """The automation on a scheduled cpt-refresh run that did not start in time."""
+
+    enabled: bool = Field(True, json_schema_extra=UNVERSIONED)
+    within_seconds: int = Field(
+        3600, ge=60, le=7 * 86400, json_schema_extra=UNVERSIONED,
+        description="it fires when a cpt-refresh run marked Late (15 s after it was due) is not Pending or "
+                    "Running this many seconds later")
+
+
+class AlertsConfig(Section):
+    """The Prefect automations `make up` creates (pipeline/alerts.py)."""
+
+    failed_run: FailedRunAlertConfig = FailedRunAlertConfig()
+    late_refresh: LateRefreshAlertConfig = LateRefreshAlertConfig()
+    notify: str | None = Field(
+        None, json_schema_extra=UNVERSIONED,
+        description="a Prefect notification block, `<block type slug>/<block name>` (e.g. slack-webhook/data-eng), "
+                    "that the automations send to; null: they fire without sending (the UI lists each firing)")
+
+    @field_validator("notify")
+    @classmethod
+    def _block_slug(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9-]+/[A-Za-z0-9_.-]+", value):
+            raise ValueError(f"{value!r} is not `<block type slug>/<block name>`, e.g. slack-webhook/data-eng")
+        return value
 
 
 class ClusterConfig(Section):
@@ -857,6 +897,7 @@ class PipelineConfig(Section):
     ift: IftConfig = IftConfig()
     eval: EvalConfig = EvalConfig()
     refresh: RefreshConfig = RefreshConfig()
+    alerts: AlertsConfig = AlertsConfig()
     cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")

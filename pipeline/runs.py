@@ -22,12 +22,17 @@ def _dump(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode()
 
 
+def run_key(run_id: str) -> str:
+    """Where a run's record is in the store."""
+    return join_key(RUNS, f"{run_id}.json")
+
+
 class RunRecorder:
     """Keeps `runs/<run_id>.json` up to date while a flow run goes; a retry of the run adds an attempt."""
 
     def __init__(self, store: ObjectStore, run_id: str, *, flow: str, config: dict, parameters: dict):
         self.store = store
-        self.key = join_key(RUNS, f"{run_id}.json")
+        self.key = run_key(run_id)
         self._lock = threading.Lock()
         previous = read_run(store, run_id)
         attempt = (previous or {}).get("attempt", 0) + 1
@@ -60,6 +65,12 @@ class RunRecorder:
     def stage_failed(self, artifact: str, error: str) -> None:
         self.stage(artifact, {"status": "failed", "error": error})
 
+    def note(self, message: str) -> None:
+        """Why a run that completes did less than its flow would (e.g. a refresh with nothing new)."""
+        with self._lock:
+            self.record["note"] = message
+            self._write()
+
     def finish(self, status: str) -> dict:
         with self._lock:
             self.record["status"] = status
@@ -73,7 +84,7 @@ class RunRecorder:
 
 def read_run(store: ObjectStore, run_id: str) -> dict | None:
     try:
-        return json.loads(store.get_bytes(join_key(RUNS, f"{run_id}.json")))
+        return json.loads(store.get_bytes(run_key(run_id)))
     except NotFound:
         return None
 

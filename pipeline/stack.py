@@ -26,6 +26,7 @@ DEFAULT_S3_PORT = 8333
 DEFAULT_PREFECT_PORT = 4200
 WORK_POOL = "local-process"
 STATE = "state.json"
+SCHEDULE_STATE = "refresh-schedule.json"  # refresh.active as last applied (pipeline/schedule.py)
 
 
 @dataclass
@@ -136,7 +137,7 @@ def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect
             raise RuntimeError(f"port {port} for {what} on {HOST} is taken; free it or choose another port")
     from .config import load_config
 
-    refresh = load_config(config_path).refresh  # an invalid config fails before anything starts
+    config = load_config(config_path)  # an invalid config fails before anything starts
 
     credentials_path = directory / "credentials.json"
     credentials = json.loads(credentials_path.read_text()) if credentials_path.exists() else {}
@@ -148,18 +149,29 @@ def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect
     stack = Stack(str(directory), s3, prefect_port, None, None)
     _save(stack)
     try:
-        _start_prefect(stack, refresh, say)
+        _start_prefect(stack, config, say)
     except BaseException:
         down(directory, say=lambda _msg: None)  # nothing half-started is left running
         raise
-    env_file = directory / "env"
-    env_file.write_text("".join(f"export {key}={value}\n" for key, value in stack.env().items()))
-    env_file.chmod(0o600)
+    _write_env_file(stack)
     return stack
 
 
-def _start_prefect(stack: Stack, refresh, say) -> None:
-    """The Prefect server, the work pool, the deployments with the refresh schedule, and a worker."""
+def _write_env_file(stack: Stack) -> Path:
+    """`<stack dir>/env`, for `. .stack/env`: the stack's variables, and this venv's bin/ first on PATH
+    (so `prefect` and `pretrain-pipeline` are found without activating the venv)."""
+    env_file = Path(stack.directory) / "env"
+    lines = [f"export {key}={value}\n" for key, value in stack.env().items()]
+    lines.append(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
+    env_file.write_text("".join(lines))
+    env_file.chmod(0o600)
+    return env_file
+
+
+def _start_prefect(stack: Stack, config, say) -> None:
+    """The Prefect server, the work pool, the deployments with the refresh schedule, the automations
+    of `alerts:`, and a worker."""
+    from .alerts import apply_alerts
     from .schedule import apply_refresh_schedule
 
     directory, prefect_port = Path(stack.directory), stack.prefect_port
@@ -168,8 +180,9 @@ def _start_prefect(stack: Stack, refresh, say) -> None:
     env.pop("PREFECT_API_URL", None)
     say(f"starting Prefect server on {HOST}:{prefect_port} ...")
     server_log = directory / "prefect-server.log"
-    # The UI asks the API at PREFECT_UI_API_URL, which otherwise assumes the default port 4200.
-    server_env = {**env, "PREFECT_UI_API_URL": f"http://{HOST}:{prefect_port}/api"}
+    # The UI asks the API at PREFECT_UI_API_URL, which otherwise assumes the default port 4200;
+    # PREFECT_UI_URL makes the links in the automations' notifications point at this UI.
+    server_env = {**env, "PREFECT_UI_API_URL": f"http://{HOST}:{prefect_port}/api", "PREFECT_UI_URL": stack.ui_url}
     server = _spawn([_bin("prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)], server_env,
                     server_log)
     stack.server_pid = server.pid
@@ -181,9 +194,12 @@ def _start_prefect(stack: Stack, refresh, say) -> None:
     say(f"creating work pool {WORK_POOL!r} and registering the deployments of prefect.yaml ...")
     _run([_bin("prefect"), "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"], client_env, setup_log)
     _run([_bin("prefect"), "--no-prompt", "deploy", "--all"], client_env, setup_log)
-    schedule = apply_refresh_schedule(stack.api_url, refresh)
+    schedule = apply_refresh_schedule(stack.api_url, config.refresh, directory / SCHEDULE_STATE)
     say(f"{schedule['deployment']}: cron {schedule['cron']!r} ({schedule['timezone']}), "
-        f"{'active' if schedule['active'] else 'paused'}")
+        f"{'active' if schedule['active'] else 'paused'}"
+        f"{' (as set in the UI or CLI; refresh.active unchanged)' if schedule['kept'] else ''}")
+    for automation in apply_alerts(stack.api_url, config.alerts):
+        say(f"automation {automation['name']!r}: notifies {automation['notify']}")
 
     say("starting a worker ...")
     worker = _spawn([_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],

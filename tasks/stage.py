@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.artifacts import MANIFEST, StageSpec, artifact_prefix, read_manifest
+from pipeline.artifacts import MANIFEST, STAGES, StageSpec, artifact_prefix, built_by, read_manifest
 from pipeline.config import PipelineConfig
 from pipeline.runs import RunRecorder
 from pipeline.storage import ObjectStore, join_key
@@ -66,6 +66,7 @@ def upstream_manifest(ctx: RunContext, result: dict) -> dict:
 
 def execute_stage(ctx: RunContext, spec: StageSpec, build: Callable[[Callable[[str], None]], dict]) -> Any:
     from prefect.logging import get_run_logger
+    from prefect.runtime import flow_run
     from prefect.states import Completed
 
     logger = get_run_logger()
@@ -83,7 +84,8 @@ def execute_stage(ctx: RunContext, spec: StageSpec, build: Callable[[Callable[[s
         )
         raise StageNotSelected(message)
     logger.info("%s: building version %s at %s", spec.artifact, spec.version, ctx.store.uri(spec.prefix))
-    manifest = build(StageProgress(logger.info, artifact_key(spec.artifact), spec.artifact))
+    with built_by(flow_run_id=ctx.run_id, flow_run_name=flow_run.get_name()):
+        manifest = build(StageProgress(logger.info, artifact_key(spec.artifact), spec.artifact))
     result = stage_result(manifest, "executed")
     ctx.recorder.stage(spec.artifact, result)
     publish(ctx, manifest, result)
@@ -114,8 +116,12 @@ class StageProgress:
 
 
 def artifact_key(artifact: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits, dashes) for an artifact name such as filter/web."""
-    return re.sub(r"[^a-z0-9-]+", "-", artifact.lower()).strip("-")
+    """A Prefect artifact key (lowercase letters, digits, dashes) for an artifact name, led by the stage's
+    place in the DAG so that keys sort in DAG order: filter/web -> 05-filter-web (a flow run's own
+    summary and funnel are 00-run-...)."""
+    stage = artifact.split("/")[0]
+    position = STAGES.index(stage) + 1 if stage in STAGES else len(STAGES) + 1
+    return f"{position:02d}-" + re.sub(r"[^a-z0-9-]+", "-", artifact.lower()).strip("-")
 
 
 def publish(ctx: RunContext, manifest: dict, result: dict) -> None:

@@ -307,7 +307,8 @@ def test_a_missing_copy_source_is_reported(tmp_path):
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_the_project_is_installed_like_make_does(path):
-    """torch first, then every package of pyproject.toml copied, then `pip install -e .[train]`."""
+    """torch first, then the worker lock with hashes, then every package of pyproject.toml copied, then
+    `pip install --no-deps -e .` (nothing resolved at build time)."""
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     [torch_pin] = [r for r in pyproject["project"]["optional-dependencies"]["train"] if r.startswith("torch==")]
     needed = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
@@ -318,8 +319,13 @@ def test_the_project_is_installed_like_make_does(path):
     assert f"torch=={args['TORCH_VERSION']}" == torch_pin
     runs = [(i, s.value[0]) for i, s in enumerate(steps) if s.cmd == "RUN"]
     torch_step = next(i for i, run in runs if 'torch==${TORCH_VERSION}' in run and "--index-url" in run)
-    install_step = next(i for i, run in runs if re.search(r"pip install -e '\.\[train\]'", run))
-    assert torch_step < install_step
+    lock_step = next(i for i, run in runs
+                     if run == "pip install --no-deps --require-hashes -r requirements/py311-worker.txt")
+    install_step = next(i for i, run in runs if re.search(r"pip install --no-deps -e \. ", run))
+    assert torch_step < lock_step < install_step
+    assert not [run for _, run in runs if "pip install" in run and "--no-deps" not in run and "torch==" not in run]
+    lock_copied = [s for s in steps[:lock_step] if s.cmd == "COPY" and "requirements/py311-worker.txt" in s.value]
+    assert lock_copied, "the lock is copied before it is installed"
     assert "python -m pipeline.models" in steps[install_step].value[0], "the language-ID model is fetched"
     copied = {src.rstrip("/") for s in steps[:install_step] if s.cmd == "COPY" for src in s.value[:-1]}
     assert needed <= copied, f"copied after the install or not at all: {needed - copied}"

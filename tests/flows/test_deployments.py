@@ -3,17 +3,21 @@ server and worker, writing to a real SeaweedFS; and a failed run retried with `p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from flows.dag import GLOBAL_STAGES, STAGES
 from pipeline import stack as local_stack
+from pipeline.follow import follow
 from pipeline.runs import read_run
 from pipeline.seaweed import free_port_block
 from pipeline.storage import S3Store
@@ -85,8 +89,90 @@ def test_deployment_run_completes_and_writes_artifacts(stack):
     assert refreshed["status"] == "completed" and refreshed["parameters"]["refresh"] is True
     assert refreshed["stages"]["dedup"]["counts"]["removed"] == {
         "duplicate_of_earlier_run": record["stages"]["dedup"]["counts"]["sources"]["docs"]["documents_in"]}
-    assert refreshed["stages"]["cpt"]["status"] == "not_run"
+    assert {refreshed["stages"][name]["status"] for name in ("filter/docs", "tokens/docs", "cpt", "ift", "eval")} \
+        == {"not_run"}
+    assert refreshed["note"].startswith("not trained: no new domain documents since run ")
     assert refreshed["stages"]["ingest/docs"]["status"] == "cached" and "ingest/web" not in refreshed["stages"]
+
+
+def _finished_full_run(client):
+    """The run of test_deployment_run_completes_and_writes_artifacts (its bucket starts with deploy-)."""
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterName, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+
+    finished = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+            any_=[StateType.COMPLETED]))), deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["full"])))
+    finished = [run for run in finished
+                if (run.parameters.get("overrides") or {}).get("storage.bucket", "").startswith("deploy-")]
+    assert finished, "no completed run of pretrain-pipeline/full (test_deployment_run_completes_... runs first)"
+    return finished[0]
+
+
+def test_lineage_of_the_promoted_model_reaches_every_raw_file(stack, capsys):
+    """`pretrain-pipeline lineage current`: from the model the gate promoted back to the sample's files,
+    each step with its config digest, code version, git sha and the flow run (through the worker) that built it."""
+    from pipeline.artifacts import sha256_file
+    from pipeline.cli import main
+
+    with _client(stack) as client:
+        run = _finished_full_run(client)
+    bucket = run.parameters["overrides"]["storage.bucket"]
+    _store(stack, bucket)
+    settings = ["-c", str(REPO / "pipeline.yaml"), "--set", f"storage.endpoint_url={stack.s3.endpoint_url}",
+                "--set", f"storage.bucket={bucket}"]
+    assert main(["lineage", "current", "--json", *settings]) == 0
+    tree = json.loads(capsys.readouterr().out)
+    nodes = tree["nodes"]
+    assert tree["root"].startswith(("ift@", "cpt@"))
+    sources = sample_sources()
+    artifacts = {node["artifact"] for node in nodes.values()}
+    assert {"cpt", "pretrain", "mixture", "tokenizer", "dedup"} <= artifacts
+    assert {f"{stage}/{s['name']}" for stage in ("ingest", "clean", "langid", "filter", "tokens") for s in sources} \
+        <= artifacts
+    git_sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    for node in nodes.values():
+        assert (node["flow_run_id"], node["flow_run_name"]) == (str(run.id), run.name), node
+        assert node["git_sha"] == git_sha and node["code_version"] and len(node["config_sha256"]) == 64
+    for source in sources:
+        [ingest] = [node for node in nodes.values() if node["artifact"] == f"ingest/{source['name']}"]
+        location = Path(source["location"])
+        assert ingest["files"] and all(
+            row["fingerprint"] == sha256_file(location / row["path"] if location.is_dir() else location)
+            for row in ingest["files"])
+    assert main(["lineage", "current", *settings]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(tree["root"]) and "(above)" in text and text.count("── file ") == sum(
+        len(node.get("files", [])) for node in nodes.values())
+
+
+def test_the_run_shows_its_summary_and_funnel_first_and_keys_sort_in_dag_order(stack):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from pipeline.artifacts import STAGES
+
+    with _client(stack) as client:
+        run = _finished_full_run(client)
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    own = {artifact.key: artifact for artifact in artifacts if artifact.task_run_id is None}
+    assert set(own) == {"00-run-summary", "00-run-funnel"}  # the UI's "Flow run" section, above the task runs'
+    assert f"### Run {run.id}: completed" in own["00-run-summary"].data
+    funnel = json.loads(own["00-run-funnel"].data) if isinstance(own["00-run-funnel"].data, str) \
+        else own["00-run-funnel"].data
+    rows = {(row["stage"], row["source"]): row for row in funnel}
+    for source in (s["name"] for s in sample_sources()):
+        for earlier, later in (("ingest", "clean"), ("clean", "langid"), ("langid", "dedup"), ("dedup", "filter"),
+                               ("filter", "tokens")):
+            assert rows[earlier, source]["documents_out"] == rows[later, source]["documents_in"], (earlier, source)
+    assert rows["dedup", "(all)"]["removed_by_reason"]
+    keys = sorted(artifact.key for artifact in artifacts if artifact.task_run_id is not None
+                  and not artifact.key.endswith("-loss-curve"))  # tasks/training.py names these itself
+    assert keys
+    for key in keys:
+        position, stage = re.match(r"^(\d\d)-([a-z]+)", key).groups()
+        assert STAGES[int(position) - 1] == stage, key
 
 
 def test_the_refresh_schedule_comes_from_the_config_and_is_paused(stack):
@@ -103,6 +189,7 @@ def test_the_refresh_schedule_comes_from_the_config_and_is_paused(stack):
     assert schedule.active is False and deployment.parameters["refresh"] is True
 
 
+@pytest.mark.timeout(600)  # two runs through the whole DAG: ~5 min on a busy 2-core machine
 def test_retry_of_a_failed_run_reexecutes_only_the_failed_stage(stack, tmp_path):
     bucket = "retry-" + uuid.uuid4().hex[:10]
     store = _store(stack, bucket)
@@ -112,6 +199,10 @@ def test_retry_of_a_failed_run_reexecutes_only_the_failed_stage(stack, tmp_path)
     assert result.returncode != 0 and "Failed" in result.stdout, result.stdout
     first = read_run(store, run_id)
     assert first["status"] == "failed" and first["stages"]["ingest/late"]["status"] == "failed"
+    followed: list[str] = []
+    assert follow(stack.api_url, run_id, emit=followed.append) == "Failed"
+    assert re.fullmatch(r"flow run \S+: Failed: .*stage\(s\) failed: ingest/late; run record: s3://.*", followed[-2])
+    assert followed[-1].startswith("  ingest[late]: Failed: ")
     # dedup reads every source: it and the filters wait for the late one; the other chains ran
     not_run = {name for name, stage in first["stages"].items() if stage["status"] == "not_run"}
     assert not_run == {"clean/late", "langid/late", "dedup", "tokenizer", "mixture", "pretrain", "cpt", "ift", "eval",
@@ -130,6 +221,8 @@ def test_retry_of_a_failed_run_reexecutes_only_the_failed_stage(stack, tmp_path)
         if second["attempt"] == 2 and second["status"] != "running":
             break
         time.sleep(1)
+    with _client(stack) as client:
+        _wait_final(client, run_id, timeout=60)  # the flow run's state follows its record by a moment
     inspect = _prefect(stack, "flow-run", "inspect", run_id)
     assert re.search(r"type=StateType.COMPLETED|'type': 'COMPLETED'|COMPLETED", inspect.stdout), inspect.stdout
     assert second["status"] == "completed" and second["attempt"] == 2
@@ -148,24 +241,15 @@ def test_the_ui_shows_a_finished_run_with_every_stage_completed(stack, tmp_path,
 
     import numpy as np
     from matplotlib.image import imread
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterName, FlowRunFilter,
-                                                FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.objects import StateType
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from tests.flows.ui_browser import render
 
-    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
-        finished = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                any_=[StateType.COMPLETED]))), deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["full"])))
+    with _client(stack) as client:
         # the run of test_deployment_run_completes_and_writes_artifacts (the retried run of the retry test
         # also ended Completed, but keeps its first attempt's failed task run)
-        finished = [run for run in finished
-                    if (run.parameters.get("overrides") or {}).get("storage.bucket", "").startswith("deploy-")]
-        assert finished, "no completed run of pretrain-pipeline/full (test_deployment_run_completes_... runs first)"
-        run = finished[0]
+        run = _finished_full_run(client)
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     assert tasks and {task.state.type for task in tasks} == {StateType.COMPLETED}
 
@@ -185,3 +269,201 @@ def test_the_ui_shows_a_finished_run_with_every_stage_completed(stack, tmp_path,
     graph = slice(int(image.shape[0] * 0.08), int(image.shape[0] * 0.36))  # the run graph under the header
     assert completed[graph].sum() > 2000, "the run graph shows no completed task runs"
     assert failed[graph].sum() < 50, "the run graph shows failed task runs"
+
+
+@contextlib.contextmanager
+def _client(stack):
+    """A Prefect client of the stack's server."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        yield client
+
+
+def _wait_final(client, flow_run_id, timeout: float = 420):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.read_flow_run(flow_run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        time.sleep(2)
+    raise AssertionError(f"flow run {flow_run_id} not final after {timeout:.0f}s: {run.state}")
+
+
+def test_a_due_schedule_gets_a_flow_run_that_the_worker_completes(stack):
+    """The Prefect scheduler service itself creates the run (with SQLAlchemy 2.1 it created none and logged
+    `Can't evaluate bulk DML statement` every loop), and the worker runs it to Completed: a one-off
+    schedule on the `ingest` deployment, writing to a bucket of its own, due 90 s ahead so that the
+    scheduler's loop (every 60 s) comes by while it is still in the future."""
+    import datetime as dt
+
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+    from prefect.client.schemas.schedules import RRuleSchedule
+
+    bucket = "scheduled-" + uuid.uuid4().hex[:10]
+    store = _store(stack, bucket)
+    due = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=90)).replace(microsecond=0)
+    schedule = RRuleSchedule(rrule=f"DTSTART:{due:%Y%m%dT%H%M%S}\nRRULE:FREQ=MINUTELY;COUNT=1", timezone="UTC")
+    overrides = {"storage.endpoint_url": stack.s3.endpoint_url, "storage.bucket": bucket}
+    with _client(stack) as client:
+        deployment = client.read_deployment_by_name("pretrain-pipeline/ingest")
+        [created] = client.create_deployment_schedules(deployment.id, [DeploymentScheduleCreate(
+            schedule=schedule, active=True, slug="test-due-soon", parameters={"overrides": overrides})])
+        try:
+            deadline, runs = time.monotonic() + 240, []
+            while not runs and time.monotonic() < deadline:
+                runs = [run for run in client.read_flow_runs(deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[deployment.id])), flow_run_filter=FlowRunFilter())
+                        if run.created_by is not None and run.created_by.id == created.id]
+                time.sleep(2)
+            assert len(runs) == 1, "the scheduler created no flow run for a schedule that was due"
+            [run] = runs
+            assert run.auto_scheduled and run.created_by.type == "SCHEDULE"
+            finished = _wait_final(client, run.id)
+        finally:
+            client.delete_deployment_schedule(deployment.id, created.id)
+    assert finished.state.is_completed(), finished.state
+    assert finished.parameters["overrides"] == overrides and finished.parameters["only"] == ["ingest"]
+    record = read_run(store, str(run.id))
+    assert record["status"] == "completed"
+    assert {name: stage["status"] for name, stage in record["stages"].items()} == \
+        {f"ingest/{source['name']}": "executed" for source in sample_sources()}
+
+
+def test_the_automations_exist_and_fire_on_a_failed_run(stack, tmp_path):
+    """`make up` created both automations of pipeline.yaml's `alerts:`; pointed at a webhook block (a local
+    HTTP server), the failed-run one sends a notification naming a run that failed."""
+    import http.server
+    import threading
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipeline.alerts import FAILED_RUN, LATE_REFRESH, apply_alerts
+    from pipeline.config import AlertsConfig, load_config
+    from pipeline.seaweed import free_port_block
+
+    with _client(stack) as client:
+        [failed] = client.read_automations_by_name(FAILED_RUN)
+        [late] = client.read_automations_by_name(LATE_REFRESH)
+        refresh = client.read_deployment_by_name("pretrain-pipeline/cpt-refresh")
+    assert failed.enabled and failed.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    assert failed.trigger.match_related.get("prefect.resource.name") == ["pretrain-pipeline"]
+    assert [action.type for action in failed.actions] == ["do-nothing"]  # pipeline.yaml: notify: null
+    assert late.trigger.posture == "Proactive" and late.trigger.after == {"prefect.flow-run.Late"}
+    assert late.trigger.within.total_seconds() == load_config(REPO / "pipeline.yaml").alerts.late_refresh.within_seconds
+    assert late.trigger.match_related.get("prefect.resource.id") == [f"prefect.deployment.{refresh.id}"]
+
+    received: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    [port] = free_port_block(1)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with temporary_settings({PREFECT_API_URL: stack.api_url}):
+            CustomWebhookNotificationBlock(name="alerts-test", url=f"http://127.0.0.1:{port}/hook",
+                                           json_data={"subject": "{{subject}}", "body": "{{body}}"}).save(
+                "alerts-test", overwrite=True)
+        apply_alerts(stack.api_url, AlertsConfig(notify="custom-webhook/alerts-test"))
+        bucket = "alert-" + uuid.uuid4().hex[:10]
+        _store(stack, bucket)
+        result, run_id = _run_deployment(stack, {"storage.endpoint_url": stack.s3.endpoint_url,
+                                                 "storage.bucket": bucket, "sources": [
+                                                     {"name": "gone", "kind": "warc", "location": str(tmp_path / "gone")}]},
+                                         deployment="ingest")
+        assert result.returncode != 0 and "Failed" in result.stdout
+        # `prefect deployment run --watch` says only "Failed"; `pretrain-pipeline watch` says why
+        watch = subprocess.run([sys.executable, "-m", "pipeline.cli", "watch", run_id], cwd=REPO, capture_output=True,
+                               text=True, env={**os.environ, **stack.env()}, timeout=120)
+        assert watch.returncode == 1
+        assert re.search(r"^flow run \S+: Failed: .*ConfigError: .*\n.*mixture\.weights: no source named",
+                         watch.stdout, re.M), watch.stdout
+        deadline = time.monotonic() + 120
+        while not received and time.monotonic() < deadline:
+            time.sleep(1)
+        with _client(stack) as client:
+            run_name = client.read_flow_run(run_id).name
+    finally:
+        apply_alerts(stack.api_url, load_config(REPO / "pipeline.yaml").alerts)  # back to what `make up` made
+        server.shutdown()
+    assert received, "the failed-run automation sent nothing"
+    assert received[0]["subject"] == f"pretrain-pipeline: run {run_name} failed"
+    assert f"Flow run {run_name} of pretrain-pipeline ended Failed" in received[0]["body"]
+    assert f"/runs/flow-run/{run_id}" in received[0]["body"]
+
+
+def test_every_server_of_the_stack_listens_on_loopback_only(stack):
+    """`ss` lists every listening socket of the stack's processes (SeaweedFS, the Prefect server, the
+    worker, and their children): each is bound to 127.0.0.1, and the S3 and Prefect ports are among them."""
+    groups = {stack.s3.pid, stack.server_pid, stack.worker_pid}
+    listing = subprocess.run(["ps", "-e", "-o", "pid=,pgid="], capture_output=True, text=True, check=True).stdout
+    pids = {int(pid) for pid, pgid in (line.split() for line in listing.splitlines()) if int(pgid) in groups}
+    sockets = subprocess.run(["ss", "-H", "-l", "-n", "-p", "-t", "-u"], capture_output=True, text=True,
+                             check=True).stdout
+    ours = []
+    for line in sockets.splitlines():
+        owners = {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
+        if owners & pids:
+            local = line.split()[4]
+            ours.append(local)
+    assert ours, sockets
+    assert [local for local in ours if not local.startswith("127.0.0.1:")] == [], ours
+    ports = {int(local.rsplit(":", 1)[1]) for local in ours}
+    assert {stack.s3.s3_port, stack.prefect_port} <= ports, (ports, ours)
+
+
+def test_make_up_keeps_the_schedules_active_state_unless_the_config_changes(stack, tmp_path):
+    """Resumed by hand, the cpt-refresh schedule stays resumed (same id) across `make down` + `make up`;
+    paused by hand, a changed `refresh.active: true` in pipeline.yaml wins at the next start."""
+    import yaml
+
+    from pipeline.schedule import SLUG, apply_refresh_schedule
+    from pipeline.config import load_config
+
+    def schedule():
+        with _client(stack) as client:
+            deployment = client.read_deployment_by_name("pretrain-pipeline/cpt-refresh")
+            [found] = [s for s in client.read_deployment_schedules(deployment.id) if s.slug == SLUG]
+            return deployment.id, found
+
+    deployment_id, before = schedule()
+    assert before.active is False
+    with _client(stack) as client:
+        client.update_deployment_schedule(deployment_id, before.id, active=True)  # the UI's toggle
+    directory = Path(stack.directory)
+    local_stack.down(directory, say=lambda _m: None)
+    restarted = local_stack.up(directory, s3_port=stack.s3.s3_port, prefect_port=stack.prefect_port,
+                               say=lambda _m: None)
+    stack.s3, stack.server_pid, stack.worker_pid = restarted.s3, restarted.server_pid, restarted.worker_pid
+    _, after = schedule()
+    assert (after.id, after.active) == (before.id, True)
+    # `. .stack/env` is all a shell needs: the venv's `prefect` is found, talking to this server
+    found = subprocess.run(["bash", "-c", f". {directory / 'env'} && command -v prefect && echo $PREFECT_API_URL"],
+                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}).stdout.split()
+    assert found == [local_stack._bin("prefect"), stack.api_url]
+
+    with _client(stack) as client:
+        client.update_deployment_schedule(deployment_id, before.id, active=False)
+    config = yaml.safe_load((REPO / "pipeline.yaml").read_text())
+    config["refresh"]["active"] = True
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    applied = apply_refresh_schedule(stack.api_url, load_config(tmp_path / "pipeline.yaml").refresh,
+                                     directory / local_stack.SCHEDULE_STATE)
+    assert applied == {**applied, "active": True, "kept": False, "schedule_id": str(before.id)}
+    _, changed = schedule()
+    assert (changed.id, changed.active) == (before.id, True)
+    # and back to pipeline.yaml's `active: false` (it changed again): paused
+    applied = apply_refresh_schedule(stack.api_url, load_config(REPO / "pipeline.yaml").refresh,
+                                     directory / local_stack.SCHEDULE_STATE)
+    assert applied["active"] is False and schedule()[1].active is False

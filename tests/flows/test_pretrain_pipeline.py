@@ -191,16 +191,22 @@ def test_invalid_config_fails_before_any_work(tmp_path, seaweed, bucket, inputs)
     assert list(store.list("")) == []
 
 
-def test_failed_source_reruns_alone_after_the_fix(tmp_path, seaweed, bucket, inputs):
-    """A stage fails (its input is not there yet); the rerun re-executes only it, the rest is Cached."""
+def test_failed_source_reruns_alone_after_the_fix(tmp_path, seaweed, bucket, inputs, capsys):
+    """A stage fails (its input is not there yet): `pretrain-pipeline run` exits 1 with the short summary
+    saying which and why; the rerun re-executes only it, the rest is Cached."""
     from flows.pretrain_pipeline import pretrain_pipeline
+    from pipeline.cli import main
 
     sources = _sources(inputs) + [{"name": "late", "kind": "warc", "location": f"s3://{bucket}/incoming/"}]
     config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=sources)
-    failed = pretrain_pipeline(config_path=str(config), return_state=True)
-    assert failed.is_failed()
+    assert main(["run", "-c", str(config)]) == 1
+    summary = capsys.readouterr().out
+    run_id = re.search(r"^run (\S+): failed$", summary, re.M).group(1)
+    assert re.search(r"^ingest/late +failed +.*no input files", summary, re.M), summary
+    assert re.search(r"^dedup +not_run +an upstream stage failed$", summary, re.M), summary
+    assert summary.rstrip().splitlines()[-1].startswith(f"run record: s3://{bucket}/t/runs/{run_id}.json")
     store = S3Store(bucket, "t", endpoint_url=seaweed.endpoint_url)
-    first = read_run(store, str(failed.state_details.flow_run_id))
+    first = read_run(store, run_id)
     assert first["status"] == "failed" and "no input files" in first["stages"]["ingest/late"]["error"]
     # dedup reads every source, so it and every filter wait for the fix; the other sources' chains ran
     assert {first["stages"][name]["status"] for name in ("dedup", "filter/web", "filter/late", "clean/late")} == \
@@ -249,6 +255,13 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, seaweed, 
     uninterrupted = _run_cli(clean, env)
     output, _ = uninterrupted.communicate(timeout=300)
     assert uninterrupted.returncode == 0, output
+    # `run` ends with a short summary (stages, the funnel), not the JSON of every stage (that is --json)
+    head = re.search(r"^run \S+: completed$", output, re.M)
+    assert head, output[-3000:]
+    summary = output[head.start():]
+    assert "stage     source       docs in  docs out" in summary
+    assert re.search(r"^ingest    web +[\d,]+ +[\d,]+ ", summary, re.M) and '"stages"' not in summary
+    assert summary.rstrip().splitlines()[-1].startswith("run record: s3://")
 
     [resumed_manifest] = list_versions(store, "ingest/web")
     [clean_manifest] = list_versions(S3Store(bucket, "clean", endpoint_url=seaweed.endpoint_url), "ingest/web")

@@ -1,7 +1,7 @@
 """The CPT refresh (deployment `pretrain-pipeline/cpt-refresh`): after a full run, two refreshes back to
 back, each with one new domain file, re-execute only the domain chain, dedup, cpt, ift and eval — the
-general sources and the tokenizer are reused, never rebuilt — and a third with nothing new stops after
-dedup. The refresh history says which data, model and scores each one had."""
+general sources and the tokenizer are reused, never rebuilt — a third with nothing new stops after
+dedup, and a fourth with fewer new tokens than `refresh.min_new_tokens` stops before cpt. The refresh history says which data, model and scores each one had."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows.pretrain_pipeline import FLOW_NAME
-from flows.refresh import refresh_history
+from flows.refresh import last_completed_run, refresh_history
 from pipeline.artifacts import read_manifest
 from pipeline.runs import get_ref, read_run
 from pipeline.storage import S3Store
@@ -51,7 +51,8 @@ def test_two_refreshes_rebuild_only_what_the_new_domain_files_affect(tmp_path, s
     # a refresh's few new pages hold less held-out domain text than a gate should judge on: allow it here
     phases = {**LATER_PHASES, "eval": {**LATER_PHASES["eval"], "gate": {"min_domain_tokens": 0}}}
     config = str(write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=sources,
-                              mixture={"budget_tokens": 20_000, "weights": {"web": 1.0}}, **phases))
+                              mixture={"budget_tokens": 20_000, "weights": {"web": 1.0}},
+                              refresh={"min_new_tokens": 1}, **phases))
     full = pretrain_pipeline(config_path=config)
     assert full["stages"]["eval"]["status"] == "executed"
     domain_chain = {"ingest/manual", "clean/manual", "langid/manual", "dedup", "filter/manual", "tokens/manual"}
@@ -79,16 +80,32 @@ def test_two_refreshes_rebuild_only_what_the_new_domain_files_affect(tmp_path, s
     assert f"{promoted['artifact']}@{promoted['version']}" == [g for g in gates if g["promote"]][-1]["candidate_model"]
 
     nothing_new = read_run(store, pretrain_pipeline(config_path=config, refresh=True)["run_id"])
-    assert nothing_new["status"] == "completed" and executed(nothing_new) == {"dedup", "filter/manual", "tokens/manual"}
-    assert {nothing_new["stages"][name]["status"] for name in ("cpt", "ift", "eval")} == {"not_run"}
+    assert nothing_new["status"] == "completed" and executed(nothing_new) == {"dedup"}  # stops after dedup
+    assert {nothing_new["stages"][name]["status"] for name in ("filter/manual", "tokens/manual", "cpt", "ift",
+                                                               "eval")} == {"not_run"}
     assert nothing_new["stages"]["ingest/manual"]["status"] == "cached"
+    assert nothing_new["note"].startswith("not trained: no new domain documents since run ")
+
+    # a new file, but fewer new tokens than refresh.min_new_tokens: the data stages run, nothing trains,
+    # and its documents stay new for the next refresh (it is not the run the next one dedups against)
+    write_domain_pages(tmp_path / "manual" / "m4.warc.gz", pages=2, seed=4)
+    too_few = read_run(store, pretrain_pipeline(config_path=config, overrides={"refresh.min_new_tokens": 10**9},
+                                                refresh=True)["run_id"])
+    assert too_few["status"] == "completed" and executed(too_few) == domain_chain
+    new_tokens = too_few["stages"]["tokens/manual"]["counts"]["splits"]["train"]["tokens"]
+    assert 0 < new_tokens and {too_few["stages"][name]["error"] for name in ("cpt", "ift", "eval")} == {
+        f"{new_tokens:,} new domain training tokens since run {second['run_id']}, fewer than "
+        f"refresh.min_new_tokens (1,000,000,000): not trained"}
+    assert too_few["note"].startswith("not trained: ")
+    assert last_completed_run(store, FLOW_NAME)["run_id"] == second["run_id"]
 
     history = refresh_history(store, FLOW_NAME)
-    assert [entry["run_id"] for entry in history] == [first["run_id"], second["run_id"], nothing_new["run_id"]]
+    assert [entry["run_id"] for entry in history] == [first["run_id"], second["run_id"], nothing_new["run_id"],
+                                                       too_few["run_id"]]
     assert history[0]["data"]["manual"]["new_documents"] == 4 and set(history[0]["model"]) == {"cpt", "ift"}
     assert history[0]["gate"]["candidate_model"].startswith("ift@") and "domain_bpb" in \
         next(iter(history[0]["scores"].values()))
-    assert "no new domain documents" in history[2]["note"]
+    assert "no new domain documents" in history[2]["note"] and "refresh.min_new_tokens" in history[3]["note"]
 
 
 def test_a_refresh_needs_a_completed_run_first(tmp_path, seaweed):

@@ -213,3 +213,25 @@ def test_validate_checks_the_checkpoint_cpt_starts_from(built, tmp_path, capsys)
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: cpt.init: ") and "shorter than tokenize.seq_len 1024" in error
     assert len(error.splitlines()) == 1
+
+
+def test_lineage_of_an_ingest_artifact_reaches_its_files(built, capsys, tmp_path):
+    from pipeline.artifacts import sha256_file
+
+    config_path, manifest = built
+    assert main(["lineage", "ingest/docs", "--json", "-c", str(config_path)]) == 0
+    tree = json.loads(capsys.readouterr().out)
+    node = tree["nodes"][tree["root"]]
+    assert tree["root"] == f"ingest/docs@{manifest['version']}"
+    assert node["flow_run_id"] == "run-1"  # built outside a flow: the run record that executed it
+    assert node["files"] == [{"path": "a.jsonl", "bytes": (tmp_path / "in" / "a.jsonl").stat().st_size,
+                              "fingerprint": sha256_file(tmp_path / "in" / "a.jsonl")}]
+    assert node["code_version"] == manifest["code_version"] and len(node["config_sha256"]) == 64
+
+    assert main(["lineage", f"ingest/docs@{manifest['version']}", "-c", str(config_path)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"ingest/docs@{manifest['version']}  stage ingest code {manifest['code_version']}")
+    assert f"└── file a.jsonl" in text and f"sha256 {sha256_file(tmp_path / 'in' / 'a.jsonl')}" in text
+
+    with pytest.raises(SystemExit, match="'nothing' is neither a ref nor an artifact"):
+        main(["lineage", "nothing", "-c", str(config_path)])

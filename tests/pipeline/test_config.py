@@ -109,8 +109,8 @@ def test_unknown_top_level_key(tmp_path):
     raw["ingets"] = {"workers": 2}
     message = config_error(tmp_path, raw)
     assert "ingets: unknown key" in message
-    assert "allowed keys here: clean, cluster, cpt, dedup, eval, filter, ift, ingest, langid, mixture, model, " \
-           "quality_model, refresh, sources, stop_after, storage, tokenize, tokenizer, train" in message
+    assert "allowed keys here: alerts, clean, cluster, cpt, dedup, eval, filter, ift, ingest, langid, mixture, " \
+           "model, quality_model, refresh, sources, stop_after, storage, tokenize, tokenizer, train" in message
     assert str(tmp_path / "pipeline.yaml") in message
 
 
@@ -438,3 +438,18 @@ def test_the_refresh_schedule_is_validated(tmp_path):
     assert "refresh: not a valid cron schedule ('61 * * * *'" in config_error(tmp_path, raw)
     raw["refresh"] = {"timezone": "Mars/Olympus"}
     assert "Invalid timezone" in config_error(tmp_path, raw)
+
+
+def test_the_refresh_minimum_and_the_alerts_are_validated(tmp_path):
+    raw = raw_minimal()
+    raw["refresh"] = {"min_new_tokens": -1}
+    assert "refresh.min_new_tokens" in config_error(tmp_path, raw)
+    raw["refresh"] = {}
+    raw["alerts"] = {"notify": "https://hooks.example/secret"}
+    assert "alerts.notify" in config_error(tmp_path, raw) and "<block type slug>/<block name>" in config_error(tmp_path, raw)
+    raw["alerts"] = {"late_refresh": {"within_seconds": 5}}
+    assert "alerts.late_refresh.within_seconds" in config_error(tmp_path, raw)
+    raw["alerts"] = {"notify": "slack-webhook/data-eng", "failed_run": {"enabled": False}}
+    config = load_config(write_config(tmp_path, raw))
+    assert config.alerts.notify == "slack-webhook/data-eng" and not config.alerts.failed_run.enabled
+    assert config.refresh.min_new_tokens == 100_000 and config.alerts.late_refresh.within_seconds == 3600
