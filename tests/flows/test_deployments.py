@@ -429,7 +429,7 @@ def test_make_up_keeps_the_schedules_active_state_unless_the_config_changes(stac
     import yaml
 
     from pipeline.schedule import SLUG, apply_refresh_schedule
-    from pipeline.config import load_config
+    from pipeline.config import load_config, validate_config
 
     def schedule():
         with _client(stack) as client:
@@ -457,8 +457,7 @@ def test_make_up_keeps_the_schedules_active_state_unless_the_config_changes(stac
         client.update_deployment_schedule(deployment_id, before.id, active=False)
     config = yaml.safe_load((REPO / "pipeline.yaml").read_text())
     config["refresh"]["active"] = True
-    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
-    applied = apply_refresh_schedule(stack.api_url, load_config(tmp_path / "pipeline.yaml").refresh,
+    applied = apply_refresh_schedule(stack.api_url, validate_config(config, base_dir=REPO).refresh,
                                      directory / local_stack.SCHEDULE_STATE)
     assert applied == {**applied, "active": True, "kept": False, "schedule_id": str(before.id)}
     _, changed = schedule()

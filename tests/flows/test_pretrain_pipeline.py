@@ -192,11 +192,14 @@ def test_invalid_config_fails_before_any_work(tmp_path, seaweed, bucket, inputs)
 
 
 def test_failed_source_reruns_alone_after_the_fix(tmp_path, seaweed, bucket, inputs, capsys):
-    """A stage fails (its input is not there yet): `pretrain-pipeline run` exits 1 with the short summary
-    saying which and why; the rerun re-executes only it, the rest is Cached."""
+    """A stage fails (its WARC is not there yet, only a note about it: the location passes the pre-run
+    check, ingest finds no input): `pretrain-pipeline run` exits 1 with the short summary saying which and
+    why; the rerun re-executes only it, the rest is Cached."""
     from flows.pretrain_pipeline import pretrain_pipeline
     from pipeline.cli import main
 
+    S3Store(bucket, "", endpoint_url=seaweed.endpoint_url).client.put_object(
+        Bucket=bucket, Key="incoming/README.txt", Body=b"the crawl lands here")
     sources = _sources(inputs) + [{"name": "late", "kind": "warc", "location": f"s3://{bucket}/incoming/"}]
     config = write_config(tmp_path / "p.yaml", endpoint=seaweed.endpoint_url, bucket=bucket, sources=sources)
     assert main(["run", "-c", str(config)]) == 1
