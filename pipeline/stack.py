@@ -25,6 +25,7 @@ DEFAULT_DIR = REPO / ".stack"
 DEFAULT_S3_PORT = 8333
 DEFAULT_PREFECT_PORT = 4200
 WORK_POOL = "local-process"
+WORKER_POLL_SECONDS = 2
 STATE = "state.json"
 SCHEDULE_STATE = "refresh-schedule.json"  # refresh.active as last applied (pipeline/schedule.py)
 
@@ -202,8 +203,11 @@ def _start_prefect(stack: Stack, config, say) -> None:
         say(f"automation {automation['name']!r}: notifies {automation['notify']}")
 
     say("starting a worker ...")
+    # The worker asks for due runs every WORKER_POLL_SECONDS instead of Prefect's 10 s: on a local stack a
+    # started deployment run should not wait for the next poll.
+    worker_env = {**client_env, "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_SECONDS)}
     worker = _spawn([_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
-                    client_env, directory / "worker.log")
+                    worker_env, directory / "worker.log")
     stack.worker_pid = worker.pid
     _save(stack)
 

@@ -25,13 +25,18 @@ from tests.conftest import REPO
 from tests.flows.helpers import sample_sources, write_pages
 
 pytestmark = pytest.mark.stack
+SCHEDULER_LOOP_S = 5
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     s3_port, prefect_port = free_port_block(2)
     directory = tmp_path_factory.mktemp("stack")
-    running = local_stack.up(directory, s3_port=s3_port, prefect_port=prefect_port)
+    with pytest.MonkeyPatch.context() as patch:
+        # The server's scheduler visits every deployment every 60 s by default; every SCHEDULER_LOOP_S here, so
+        # that the schedule test's run can be due soon.
+        patch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", str(SCHEDULER_LOOP_S))
+        running = local_stack.up(directory, s3_port=s3_port, prefect_port=prefect_port)
     yield running
     local_stack.down(directory)
 
@@ -294,8 +299,8 @@ def _wait_final(client, flow_run_id, timeout: float = 420):
 def test_a_due_schedule_gets_a_flow_run_that_the_worker_completes(stack):
     """The Prefect scheduler service itself creates the run (with SQLAlchemy 2.1 it created none and logged
     `Can't evaluate bulk DML statement` every loop), and the worker runs it to Completed: a one-off
-    schedule on the `ingest` deployment, writing to a bucket of its own, due 90 s ahead so that the
-    scheduler's loop (every 60 s) comes by while it is still in the future."""
+    schedule on the `ingest` deployment, writing to a bucket of its own, due 4 scheduler loops ahead so that the
+    scheduler (every SCHEDULER_LOOP_S in this stack) comes by while it is still in the future."""
     import datetime as dt
 
     from prefect.client.schemas.actions import DeploymentScheduleCreate
@@ -304,7 +309,7 @@ def test_a_due_schedule_gets_a_flow_run_that_the_worker_completes(stack):
 
     bucket = "scheduled-" + uuid.uuid4().hex[:10]
     store = _store(stack, bucket)
-    due = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=90)).replace(microsecond=0)
+    due = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=4 * SCHEDULER_LOOP_S)).replace(microsecond=0)
     schedule = RRuleSchedule(rrule=f"DTSTART:{due:%Y%m%dT%H%M%S}\nRRULE:FREQ=MINUTELY;COUNT=1", timezone="UTC")
     overrides = {"storage.endpoint_url": stack.s3.endpoint_url, "storage.bucket": bucket}
     with _client(stack) as client:
