@@ -282,8 +282,6 @@ def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
 def master_state(engine, settings: dict, checkpoints: Path) -> dict:
     """The fp32 master weights by parameter name: consolidated from the ZeRO checkpoint (stages 1-3; the final
     step is always checkpointed), or from the engine for stage 0 (bf16: the optimizer's fp32 copies)."""
-    import torch
-
     if settings["zero_stage"] >= 1:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

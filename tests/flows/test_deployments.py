@@ -244,7 +244,6 @@ def test_the_ui_shows_a_finished_run_with_every_stage_completed(stack, tmp_path,
     the run graph with every task run in the Completed colour and none in Failed's."""
     import re
 
-    import numpy as np
     from matplotlib.image import imread
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.objects import StateType

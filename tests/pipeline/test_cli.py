@@ -231,7 +231,7 @@ def test_lineage_of_an_ingest_artifact_reaches_its_files(built, capsys, tmp_path
     assert main(["lineage", f"ingest/docs@{manifest['version']}", "-c", str(config_path)]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"ingest/docs@{manifest['version']}  stage ingest code {manifest['code_version']}")
-    assert f"└── file a.jsonl" in text and f"sha256 {sha256_file(tmp_path / 'in' / 'a.jsonl')}" in text
+    assert "└── file a.jsonl" in text and f"sha256 {sha256_file(tmp_path / 'in' / 'a.jsonl')}" in text
 
     with pytest.raises(SystemExit, match="'nothing' is neither a ref nor an artifact"):
         main(["lineage", "nothing", "-c", str(config_path)])
