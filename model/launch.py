@@ -5,7 +5,7 @@ mounts at the same path (`train.work_dir`), and starts torchrun there. Every oth
 entry point (`pretrain-pipeline train-node`, started by a Kubernetes indexed Job, a TrainJob or Slurm's srun)
 that waits for launch files and starts the same torchrun command for each, so the nodes meet at the
 rendezvous endpoint and train as one world. Launch files live under `<work_dir>/rendezvous/<job id>/`,
-numbered in order (one per training phase or retry); the job id comes from the scheduler (PRETRAIN_JOB_ID,
+numbered in order (one per training phase or retry), and a `closed` file ends the job; the job id comes from the scheduler (PRETRAIN_JOB_ID,
 else SLURM_JOB_ID), so the nodes of one job agree on it without talking.
 
 torchrun assigns the global ranks in an order of its own; the trainer's reporting rank (metrics, checkpoint
@@ -144,8 +144,9 @@ def finish_launch(path: Path) -> None:
 
 def serve_node(work_dir: str | Path, job_id: str, node_rank: int, idle_timeout: float = 1800.0,
                poll: float = 1.0, log: Callable[[str], None] = print) -> int:
-    """Node `node_rank` (>= 1) of a job: start torchrun for every launch node 0 writes, in order, until no new
-    launch has come for `idle_timeout` seconds. Returns the number of launches joined that failed."""
+    """Node `node_rank` (>= 1) of a job: start torchrun for every launch node 0 writes, in order, until node 0
+    closes the job (a `closed` file beside the launches, which the job scripts of deploy/ write when node 0's run
+    ends) or no new launch has come for `idle_timeout` seconds. Returns the number of launches joined that failed."""
     if node_rank < 1:
         raise ValueError("node 0 runs the training stage itself; train-node is for node ranks 1 and up")
     directory = launch_directory(work_dir, job_id)
@@ -154,6 +155,9 @@ def serve_node(work_dir: str | Path, job_id: str, node_rank: int, idle_timeout: 
     log(f"node {node_rank}: waiting for launches in {directory}")
     while time.monotonic() - idle_since < idle_timeout:
         pending = [path for path in sorted(directory.glob("[0-9]*.json")) if path.name not in joined]
+        if not pending and (directory / "closed").exists():
+            log(f"node {node_rank}: node 0 closed the job; done")
+            return failures
         if not pending:
             time.sleep(poll)
             continue

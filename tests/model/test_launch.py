@@ -112,6 +112,10 @@ def test_a_joining_node_skips_finished_launches_and_refuses_node_zero(tmp_path):
     assert not any(": joining" in message for message in messages) and "done" in messages[-1]
     with pytest.raises(ValueError, match="node 0 runs the training stage"):
         serve_node(tmp_path, "job", 0, idle_timeout=0.1)
+    (launch_directory(tmp_path, "job") / "closed").touch()  # node 0's run ended: no idle wait
+    started = time.monotonic()
+    assert serve_node(tmp_path, "job", 1, idle_timeout=60, poll=0.05, log=messages.append) == 0
+    assert time.monotonic() - started < 30 and "closed the job" in messages[-1]
     write_launch(tmp_path, "job", plan)
     with pytest.raises(ValueError, match="outside the launch's 2 nodes"):
         serve_node(tmp_path, "job", 2, idle_timeout=5, poll=0.05)

@@ -142,6 +142,7 @@ def test_two_nodes_through_torchruns_rendezvous(mixture, tmp_path, monkeypatch):
 
     store, tokenizer, mix = mixture
     endpoint, shared = f"127.0.0.1:{free_port()}", tmp_path / "shared"
+    shared.mkdir()
     settings = TrainConfig(steps=3, micro_batch=1, warmup_steps=1, checkpoint_every=2, zero_stage=1, processes=2,
                            nodes=2, rdzv_endpoint=endpoint, work_dir=str(shared))
     spec = pretrain_spec(settings, SIZE, mix, tokenizer)
