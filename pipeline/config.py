@@ -613,7 +613,10 @@ class TrainConfig(Section):
         from model.launch import parse_endpoint
 
         if value is not None:
-            parse_endpoint(value)
+            try:
+                parse_endpoint(value)
+            except ValueError:
+                raise ValueError("expected host:port of node 0, e.g. train-0.train:29400") from None
         return value
 
     @model_validator(mode="after")
