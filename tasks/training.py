@@ -4,7 +4,8 @@ and exporting the result. Not a stage itself.
 
 `run_training` writes the run spec (the model's transformers config or starting checkpoint, local shards
 and order, optimisation, optional LoRA), launches `python -m model.train` directly (one process), through
-DeepSpeed's launcher (several, or a hostfile for several nodes) or torchrun, and streams every log line
+DeepSpeed's launcher (several, or a hostfile for several nodes) or torchrun (one node, or node 0 of a c10d
+rendezvous whose other nodes run `pretrain-pipeline train-node`: model/launch.py), and streams every log line
 into the caller's progress function. Each checkpoint the trainer announces is uploaded into the
 uncommitted artifact under checkpoints/ (with the metrics so far), and the ones it pruned are deleted
 there, so a retried or rerun task downloads the latest one and resumes from it with its whole history.
