@@ -18,7 +18,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 120
 
-.PHONY: venv lock chromium test demo up down bench sample clean
+.PHONY: venv lock chromium test demo up down bench gpu-wheels sample clean
 
 venv: $(STAMP)
 
@@ -71,6 +71,23 @@ bench: venv
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/summary.py
+
+# Wheels for benchmarks/gpu_check.sh on a GPU machine without network, into .whl/ (ignored by git; copy the
+# repository with it): torch $(TORCH_VERSION)'s CUDA build from GPU_TORCH_INDEX (CUDA 12.8: drivers R570 and newer)
+# with its CUDA libraries, and the worker lock's packages (DeepSpeed built into a wheel here), for GPU_PYTHON.
+GPU_PYTHON      ?= 3.11
+GPU_TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
+GPU_PLATFORMS   := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+gpu-wheels: venv
+	mkdir -p .whl
+	$(BIN)/pip download --quiet --dest .whl --only-binary=:all: --python-version $(GPU_PYTHON) $(GPU_PLATFORMS) \
+		--index-url $(GPU_TORCH_INDEX) torch==$(TORCH_VERSION)
+	grep -E '^[A-Za-z0-9_.-]+==' requirements/py311-worker.txt | sed 's/ *\\$$//' \
+		| grep -viE '^(deepspeed|torch|nvidia-|triton)==' > .whl/pins.txt
+	$(BIN)/pip download --quiet --dest .whl --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+		$(GPU_PLATFORMS) -r .whl/pins.txt
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir .whl \
+		$$(grep -E '^deepspeed==' requirements/py311-worker.txt | sed 's/ *\\$$//')
 
 sample: venv
 	$(BIN)/python scripts/build_sample_corpus.py --out data/sample

@@ -6,9 +6,12 @@ Run from the repository root (about 4 minutes on a 2-core machine):
 
     .venv/bin/python benchmarks/bench_train.py
     .venv/bin/python benchmarks/bench_train.py --presets llama-tiny --configs plain:fp32 zero1:fp32 --steps 20
-    # on a GPU (benchmarks/gpu_check.sh):
+    # on a GPU (what benchmarks/gpu_check.sh runs after installing CUDA torch):
     python benchmarks/bench_train.py --device cuda --presets gpt2-124m llama-125m --configs plain:bf16 zero1:bf16 \\
-        zero3:bf16 --micro-batch 16 --out benchmarks/results/gpu.json
+        zero3:bf16 --micro-batch 8 --steps 30 --vocab 50257 --out benchmarks/results/gpu.json
+    # the same code path on a CPU, tiny (a check, not a figure: keep it out of benchmarks/results):
+    .venv/bin/python benchmarks/bench_train.py --device cpu --presets gpt2-124m llama-125m \\
+        --configs plain:bf16 zero1:bf16 zero3:bf16 --steps 2 --micro-batch 1 --seq-len 64 --out /tmp/gpu-path.json
 
 Every configuration runs in its own fresh process (one rank; OMP_NUM_THREADS=2 on CPU) from the same seed on the same
 batches: rows of a synthetic but learnable token stream, micro-batch x the preset's context. Timed over `--steps`
@@ -68,7 +71,8 @@ def peak_memory_mb(device) -> float:
     return float("nan")
 
 
-def child(preset: str, config: str, steps: int, micro: int, device_name: str) -> dict:
+def child(preset: str, config: str, steps: int, micro: int, device_name: str, vocab: int = VOCAB,
+          seq_len: int | None = None) -> dict:
     accelerator = "cuda" if device_name == "cuda" else "cpu"
     os.environ.setdefault("DS_ACCELERATOR", accelerator)
     import torch
@@ -80,8 +84,8 @@ def child(preset: str, config: str, steps: int, micro: int, device_name: str) ->
 
     mode, precision = config.split(":")
     size = resolve_size(preset, {})
-    model_config = hf_config_dict(size, VOCAB, eos_id=0, pad_id=1)
-    seq_len = size["n_positions"]
+    model_config = hf_config_dict(size, vocab, eos_id=0, pad_id=1)
+    seq_len = seq_len or size["n_positions"]
     device = torch.device("cuda:0" if accelerator == "cuda" else "cpu")
     torch.manual_seed(0)
     model = build_model(model_config).to(device)
@@ -124,7 +128,7 @@ def child(preset: str, config: str, steps: int, micro: int, device_name: str) ->
             torch.cuda.synchronize(device)
 
     times, loss = [], None
-    for index, rows in enumerate(batches(VOCAB, seq_len, micro, steps + 3)):
+    for index, rows in enumerate(batches(vocab, seq_len, micro, steps + 3)):
         synchronize()
         started = time.perf_counter()
         loss = step(rows).item()
@@ -137,8 +141,19 @@ def child(preset: str, config: str, steps: int, micro: int, device_name: str) ->
     return {"preset": preset, "config": config, "step_s": round(step_s, 5), "tokens_per_s": round(tokens_per_s, 1),
             "mfu": round(flops_per_token(model_config, seq_len) * tokens_per_s / peak, 4), "peak_source": source,
             "parameters": count_parameters(model_config), "loss_after": round(loss, 4), "steps": steps,
-            "peak_memory_mb": peak_memory_mb(device),
+            "peak_memory_mb": peak_memory_mb(device), "seq_len": seq_len, "micro_batch": micro,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+
+
+def gpu_info() -> dict:
+    """The GPU, its driver and the CUDA build of torch, for the results file."""
+    import torch
+
+    query = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                           capture_output=True, text=True)
+    name, driver, memory = ([part.strip() for part in query.stdout.splitlines()[0].split(",")]
+                            if query.returncode == 0 and query.stdout.strip() else (None, None, None))
+    return {"name": name, "driver": driver, "memory": memory, "torch": torch.__version__, "torch_cuda": torch.version.cuda}
 
 
 def main() -> None:
@@ -148,11 +163,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--vocab", type=int, default=VOCAB, help="vocabulary size (GPT-2's is 50257)")
+    parser.add_argument("--seq-len", type=int, default=None, help="default: the preset's context")
+    parser.add_argument("--child-timeout", type=float, default=None,
+                        help="seconds one configuration may take (its row records the timeout)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", nargs=2, metavar=("PRESET", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.steps, args.micro_batch, args.device)))
+        print(json.dumps(child(args.child[0], args.child[1], args.steps, args.micro_batch, args.device, args.vocab,
+                               args.seq_len)))
         return
     from shared_machine import machine_info, wait_until_quiet
 
@@ -161,9 +181,15 @@ def main() -> None:
     runs = []
     for preset in args.presets:
         for config in args.configs:
-            out = subprocess.run([sys.executable, __file__, "--child", preset, config, "--steps", str(args.steps),
-                                  "--micro-batch", str(args.micro_batch), "--device", args.device],
-                                 capture_output=True, text=True, env=env, cwd=REPO)
+            command = [sys.executable, __file__, "--child", preset, config, "--steps", str(args.steps),
+                       "--micro-batch", str(args.micro_batch), "--device", args.device, "--vocab", str(args.vocab)]
+            try:
+                out = subprocess.run(command + (["--seq-len", str(args.seq_len)] if args.seq_len else []),
+                                     capture_output=True, text=True, env=env, cwd=REPO, timeout=args.child_timeout)
+            except subprocess.TimeoutExpired:
+                runs.append({"preset": preset, "config": config, "error": f"timed out after {args.child_timeout} s"})
+                print(f"{preset:12} {config:12} FAILED: {runs[-1]['error']}", flush=True)
+                continue
             if out.returncode != 0:
                 runs.append({"preset": preset, "config": config, "error": out.stderr.strip().splitlines()[-1][:300]})
                 print(f"{preset:12} {config:12} FAILED: {runs[-1]['error']}", flush=True)
@@ -181,10 +207,12 @@ def main() -> None:
     results = {"machine": {**machine_info(REPO, ("torch", "deepspeed", "transformers")), "busy_before_timing": busy,
                            "waited_s": waited},
                "setup": {"presets": args.presets, "configs": args.configs, "micro_batch": args.micro_batch,
-                         "steps": args.steps, "device": args.device, "vocab": VOCAB},
+                         "steps": args.steps, "device": args.device, "vocab": args.vocab, "seq_len": args.seq_len},
                "runs": runs, "step_time_over_plain": ratios,
                "target": {"max_ratio": TARGET, "applies_to": "ZeRO 0-2 on one rank",
                           "met": bool(judged) and all(r <= TARGET for r in judged.values())}}
+    if args.device == "cuda":
+        results["machine"]["gpu"] = gpu_info()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"step time / plain loop of the same precision: {ratios}; target <= {TARGET} (ZeRO 0-2): "

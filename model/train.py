@@ -181,15 +181,16 @@ def setup_distributed_environment(accelerator: str) -> None:
 
 def init_process_group(backend: str) -> None:
     """torch.distributed's process group. On one machine (the rendezvous on the loopback address, ranks started
-    by us or by DeepSpeed's launcher) rank 0 hosts the rendezvous store on a socket bound to 127.0.0.1 — torch's
-    own store listens on every interface. Elsewhere (several nodes, torchrun's agent) torch's defaults apply."""
+    by us, by DeepSpeed's launcher, or by torchrun agents that do not share their store: model/launch.py) rank 0
+    hosts the rendezvous store on a socket bound to 127.0.0.1 — torch's own store listens on every interface.
+    Elsewhere (several nodes, a torchrun agent's shared store) torch's defaults apply."""
     import datetime
 
     import torch.distributed as dist
 
     address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if address not in ("127.0.0.1", "localhost") or "TORCHELASTIC_RUN_ID" in os.environ:
+    if address not in ("127.0.0.1", "localhost") or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         return  # deepspeed.init_distributed initialises it
     timeout = datetime.timedelta(minutes=30)
     if rank == 0:
@@ -202,6 +203,21 @@ def init_process_group(backend: str) -> None:
     else:
         store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=timeout)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
+def reporting_rank(rank: int, world: int, device) -> int:
+    """The rank that writes the metrics, announces checkpoints and exports: the first process of node 0 (the node
+    whose training stage reads the output) when the launcher names nodes (PRETRAIN_NODE_RANK, model/launch.py:
+    torchrun's c10d rendezvous numbers the nodes in an order of its own), else rank 0."""
+    import torch
+    import torch.distributed as dist
+
+    if "PRETRAIN_NODE_RANK" not in os.environ:
+        return 0
+    mine = os.environ["PRETRAIN_NODE_RANK"] == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+    candidate = torch.tensor([rank if mine else world], dtype=torch.int64, device=device)
+    dist.all_reduce(candidate, op=dist.ReduceOp.MIN)
+    return int(candidate.item()) if int(candidate.item()) < world else 0
 
 
 def peak_flops(settings: dict, precision: str, device) -> tuple[float, str]:
@@ -354,6 +370,7 @@ def train(spec: dict) -> dict:
                                   betas=tuple(settings["betas"]), eps=settings["eps"])
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                    config=deepspeed_config(settings, world))
+    lead = reporting_rank(rank, world, engine.device)
     schedule = Schedule(settings["lr"], settings["min_lr"], settings["warmup_steps"], settings["steps"])
     pad_id = data_spec["pad_id"]
     data = OrderedData(data_spec["shards"], data_spec["order"], pad_id)
@@ -376,10 +393,10 @@ def train(spec: dict) -> dict:
         step = client["step"]
         if (checkpoints / tag / "metrics.jsonl").is_file():  # the history travels with the checkpoint
             history_path = checkpoints / tag / "metrics.jsonl"
-        if rank == 0:
+        if rank == lead:
             print(f"resumed from {checkpoints} at step {step}", flush=True)
     history = read_metrics(history_path, up_to_step=step)
-    if rank == 0:  # a resume keeps the history up to its checkpoint, and nothing after it
+    if rank == lead:  # a resume keeps the history up to its checkpoint, and nothing after it
         metrics_path.write_text("".join(json.dumps(record) + "\n" for record in history))
     per_token = flops_per_token(config, data_spec["seq_len"])
     peak, peak_source = peak_flops(settings, settings["precision"], engine.device)
@@ -420,7 +437,7 @@ def train(spec: dict) -> dict:
             record["val_loss"] = round(validation_loss(engine, validation, settings.get("eval_sequences", 64),
                                                        settings["micro_batch"], rank, world, pad_id), 6)
         last_loss = mean
-        if rank == 0:
+        if rank == lead:
             with open(metrics_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             if step % settings.get("log_every", 1) == 0 or step == settings["steps"] or "val_loss" in record:
@@ -428,13 +445,15 @@ def train(spec: dict) -> dict:
         stop_here = step == settings.get("stop_at_step")
         if step % settings["checkpoint_every"] == 0 or step == settings["steps"] or stop_here:
             save_checkpoint(engine, checkpoints, step, geometry, metrics_path, settings.get("keep_checkpoints") or 0,
-                            rank)
+                            rank == lead)
         if stop_here:
             break
     dist.barrier()
     summary = {"steps": step, "final_loss": last_loss, "parameters": parameters, "world_size": world,
                "complete": step >= settings["steps"], "flops_per_token": per_token,
-               "peak_flops": peak, "peak_source": peak_source}
+               "peak_flops": peak, "peak_source": peak_source, "reporting_rank": lead}
+    # Global rank 0 exports (transformers' save_pretrained writes on rank 0 only), into the work directory the nodes
+    # share; the barrier below keeps the reporting rank's launcher running until the export is complete.
     if rank == 0 and out.get("export") and summary["complete"]:
         export(spec, master_state(engine, settings, checkpoints), Path(out["export"]))
     dist.barrier()
@@ -442,9 +461,9 @@ def train(spec: dict) -> dict:
 
 
 def save_checkpoint(engine, checkpoints: Path, step: int, geometry: dict, metrics_path: Path, keep: int,
-                    rank: int) -> None:
+                    reporting: bool) -> None:
     """A DeepSpeed checkpoint with the step, the batch geometry and the metrics so far; the oldest beyond
-    `keep` (0: all) are deleted. Rank 0 announces it on stdout (the launching task uploads it)."""
+    `keep` (0: all) are deleted. The reporting rank announces it on stdout (the launching task uploads it)."""
     import torch
     import torch.distributed as dist
 
@@ -452,7 +471,7 @@ def save_checkpoint(engine, checkpoints: Path, step: int, geometry: dict, metric
     engine.save_checkpoint(str(checkpoints), tag=tag, client_state={"step": step})
     dist.barrier()
     pruned = []
-    if rank == 0:
+    if reporting:
         torch.save({"step": step, "geometry": geometry}, checkpoints / tag / "client_state.pt")
         shutil.copy(metrics_path, checkpoints / tag / "metrics.jsonl")
         tags = sorted(path.name for path in checkpoints.glob("step*") if path.is_dir())
@@ -477,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Diverged, IncompatibleResume) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 3 if isinstance(exc, Diverged) else 4
-    if int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == summary["reporting_rank"]:
         print(json.dumps({"summary": summary}), flush=True)
     return 0
 

@@ -9,6 +9,7 @@
     pretrain-pipeline lineage  REF | ARTIFACT[@VERSION] [--json]
     pretrain-pipeline refs show NAME | history NAME | set NAME ARTIFACT VERSION
     pretrain-pipeline quality-model train --positive SPEC ... --negative SPEC ... [--name default]
+    pretrain-pipeline train-node [-c ...] [--set ...] [--node-rank N] [--idle-timeout S]
     pretrain-pipeline stack up | down | status
     pretrain-pipeline demo [--keep]
 """
@@ -267,6 +268,25 @@ def cmd_quality_model(args) -> int:
     return 0
 
 
+def cmd_train_node(args) -> int:
+    """Node 1..N-1 of a multi-node training job: join every training launch node 0 writes (model/launch.py)."""
+    from model.launch import job_id_from_env, node_rank_from_env, serve_node
+
+    config = _config(args)
+    if config.train.nodes == 1 or config.train.work_dir is None:
+        raise SystemExit("error: train-node needs train.nodes > 1 and train.work_dir (the directory the nodes share)")
+    node_rank = args.node_rank if args.node_rank is not None else node_rank_from_env()
+    if node_rank is None:
+        raise SystemExit("error: no node rank: pass --node-rank, or run under a scheduler that sets one "
+                         "(JOB_COMPLETION_INDEX, SLURM_NODEID, PET_NODE_RANK, NODE_RANK)")
+    if not 1 <= node_rank < config.train.nodes:
+        raise SystemExit(f"error: node rank {node_rank}: train-node runs on nodes 1..{config.train.nodes - 1} "
+                         f"(node 0 runs the training stage)")
+    failed = serve_node(config.train.work_dir, job_id_from_env(), node_rank, idle_timeout=args.idle_timeout,
+                        log=lambda message: print(message, flush=True))
+    return 1 if failed else 0
+
+
 def cmd_stack(args) -> int:
     from . import stack
 
@@ -431,6 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="low-quality examples, same forms; repeatable")
     quality.add_argument("--name", default="default", help="artifact and ref quality-model/NAME")
     quality.set_defaults(fn=cmd_quality_model)
+
+    node = with_config(sub.add_parser("train-node", help="on nodes 1..N-1 of a multi-node training job: join the "
+                                                         "training runs that node 0 launches"))
+    node.add_argument("--node-rank", type=int, default=None,
+                      help="this node's index (default: from JOB_COMPLETION_INDEX, SLURM_NODEID, PET_NODE_RANK, "
+                           "NODE_RANK)")
+    node.add_argument("--idle-timeout", type=float, default=1800.0,
+                      help="exit after this many seconds without a new launch")
+    node.set_defaults(fn=cmd_train_node)
 
     for name, fn, help_text in (("stack", cmd_stack, "the local stack: SeaweedFS, Prefect server and worker"),
                                 ("demo", cmd_demo, "start the stack, run pretrain-pipeline/full, print where to look")):

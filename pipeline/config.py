@@ -555,7 +555,8 @@ class TrainConfig(Section):
     Versioning rule: a setting that changes what is trained (the global batch: processes x micro_batch x
     grad_accum; precision; ZeRO stage; the optimisation; the seed) is part of the training stages' artifact
     versions; a setting that only changes how or where it runs (launcher, hostfile, threads, accelerator,
-    work_dir, how often to log, checkpoint or validate) is not: a resume is exact, so it cannot change the weights.
+    work_dir, how often to log, checkpoint or validate; nodes and rdzv_endpoint, since processes holds the ranks in
+    all) is not: a resume is exact, so it cannot change the weights.
     """
 
     processes: int = Field(1, ge=1, le=4096,
@@ -566,6 +567,11 @@ class TrainConfig(Section):
     )
     hostfile: str | None = Field(None, json_schema_extra=UNVERSIONED,
                                  description="DeepSpeed hostfile for several nodes (`host slots=N` per line)")
+    nodes: int = Field(1, ge=1, le=1024, json_schema_extra=UNVERSIONED,
+                       description="nodes of a torchrun c10d rendezvous (train.processes / nodes ranks each); node 0 "
+                                   "runs the stage, the others `pretrain-pipeline train-node`")
+    rdzv_endpoint: str | None = Field(None, json_schema_extra=UNVERSIONED,
+                                      description="host:port of the rendezvous on node 0 (with train.nodes > 1)")
     accelerator: Literal["cpu", "cuda"] = Field("cpu", json_schema_extra=UNVERSIONED,
                                                 description="DS_ACCELERATOR: cpu (gloo) here, cuda on GPUs")
     threads_per_process: int = Field(1, ge=1, le=256, json_schema_extra=UNVERSIONED,
@@ -600,6 +606,44 @@ class TrainConfig(Section):
     )
     work_dir: str | None = Field(None, json_schema_extra=UNVERSIONED,
                                  description="local space for token shards and checkpoints; default: system temp")
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _endpoint_parses(cls, value: str | None) -> str | None:
+        from model.launch import parse_endpoint
+
+        if value is not None:
+            try:
+                parse_endpoint(value)
+            except ValueError:
+                raise ValueError("expected host:port of node 0, e.g. train-0.train:29400") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_multi_node_route(self) -> "TrainConfig":
+        """Several nodes: a DeepSpeed hostfile, or torchrun's rendezvous (nodes, rdzv_endpoint, a shared work_dir)."""
+        if self.nodes == 1:
+            if self.rdzv_endpoint is not None:
+                raise ValueError("train.rdzv_endpoint is set but train.nodes is 1: set train.nodes to the number of "
+                                 "nodes, or remove train.rdzv_endpoint")
+            return self
+        problems = []
+        if self.hostfile is not None:
+            problems.append("train.hostfile and train.nodes > 1 are two routes to several nodes: use one (the "
+                            "hostfile with DeepSpeed's launcher, or nodes + rdzv_endpoint with torchrun)")
+        if self.launcher == "deepspeed":
+            problems.append("train.launcher must be auto or torchrun with train.nodes > 1 (torchrun's rendezvous)")
+        if self.rdzv_endpoint is None:
+            problems.append("train.rdzv_endpoint (host:port of node 0) is required with train.nodes > 1")
+        if self.processes % self.nodes:
+            problems.append(f"train.processes (ranks in all, {self.processes}) must be a multiple of train.nodes "
+                            f"({self.nodes})")
+        if self.work_dir is None:
+            problems.append("train.work_dir is required with train.nodes > 1: a directory every node mounts at the "
+                            "same path (the run spec, token shards and checkpoints are written there)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("hostfile")
     @classmethod

@@ -4,7 +4,8 @@ and exporting the result. Not a stage itself.
 
 `run_training` writes the run spec (the model's transformers config or starting checkpoint, local shards
 and order, optimisation, optional LoRA), launches `python -m model.train` directly (one process), through
-DeepSpeed's launcher (several, or a hostfile for several nodes) or torchrun, and streams every log line
+DeepSpeed's launcher (several, or a hostfile for several nodes) or torchrun (one node, or node 0 of a c10d
+rendezvous whose other nodes run `pretrain-pipeline train-node`: model/launch.py), and streams every log line
 into the caller's progress function. Each checkpoint the trainer announces is uploaded into the
 uncommitted artifact under checkpoints/ (with the metrics so far), and the ones it pruned are deleted
 there, so a retried or rerun task downloads the latest one and resumes from it with its whole history.
@@ -22,13 +23,16 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
+from model.launch import (finish_launch, job_id_from_env, loopback_store, node_environment, torchrun_command,
+                          write_launch)
 from model.sizing import chinchilla_tokens, count_parameters, flops_per_token
 from model.train import free_port
 from pipeline.artifacts import ArtifactWriter, fetch_verified, files_with_role, read_manifest, sha256_file
@@ -123,6 +127,26 @@ def launch_command(settings: TrainConfig, spec_path: Path, port: int) -> list[st
                 "--master_addr", "127.0.0.1", "--master_port", str(port), *entry]
     return [str(bin_dir / "deepspeed"), "--num_gpus", str(settings.processes), "--master_addr", "127.0.0.1",
             "--master_port", str(port), *deepspeed_entry]
+
+
+@contextmanager
+def launched(job: "TrainingJob", spec_path: Path, env: dict[str, str]) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """The command and environment that start this node's ranks. With train.nodes > 1 this node is node 0 of a
+    torchrun rendezvous: a launch file in the shared work_dir tells the other nodes' `train-node` to join
+    (model/launch.py), and is marked finished when the block ends."""
+    settings = job.settings
+    if settings.nodes == 1:
+        yield launch_command(settings, spec_path, free_port()), env
+        return
+    launch = {"phase": job.phase, "nodes": settings.nodes, "nproc_per_node": settings.processes // settings.nodes,
+              "rdzv_endpoint": settings.rdzv_endpoint, "spec": str(spec_path),
+              "env": {"DS_ACCELERATOR": settings.accelerator, "OMP_NUM_THREADS": str(settings.threads_per_process)}}
+    path = write_launch(settings.work_dir, job_id_from_env(), launch)
+    try:
+        with loopback_store(settings.rdzv_endpoint):
+            yield torchrun_command(json.loads(path.read_text())), node_environment(launch, 0, env)
+    finally:
+        finish_launch(path)
 
 
 class CheckpointSync:
@@ -220,10 +244,23 @@ def run_training(job: TrainingJob, store: ObjectStore, prefix: str, work: Path,
     spec_path.write_text(json.dumps(job.run_spec(work)))
     env = {**os.environ, "DS_ACCELERATOR": job.settings.accelerator, "PYTHONPATH": str(REPO),
            "OMP_NUM_THREADS": str(job.settings.threads_per_process), "PYTHONUNBUFFERED": "1"}
-    command = launch_command(job.settings, spec_path, free_port())
-    progress(f"{job.phase}: " + " ".join(command))
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, bufsize=1)
+    with launched(job, spec_path, env) as (command, env):
+        progress(f"{job.phase}: " + " ".join(command))
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, bufsize=1)
+        tail = follow(job, process, sync, progress)
+    if process.returncode != 0:
+        errors = [line.removeprefix("error: ") for line in tail if line.startswith("error: ")]
+        if errors:  # the trainer's own one-line reason (divergence, an incompatible resume)
+            raise RuntimeError(f"{job.phase}: {errors[-1]}")
+        raise RuntimeError(f"{job.phase}: training failed (exit {process.returncode}); last output:\n" + "\n".join(tail))
+    metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    return metrics, sync
+
+
+def follow(job: TrainingJob, process: subprocess.Popen, sync: CheckpointSync,
+           progress: Callable[[str], None]) -> list[str]:
+    """Stream the trainer's output into `progress`, storing each checkpoint it announces; the last 40 lines."""
     tail: list[str] = []
     assert process.stdout is not None
     for line in process.stdout:
@@ -239,13 +276,8 @@ def run_training(job: TrainingJob, store: ObjectStore, prefix: str, work: Path,
             report_fraction(progress, step / job.steps)
         elif line.startswith(("{", "resumed", "error")) or "Traceback" in line:
             progress(line)
-    if process.wait() != 0:
-        errors = [line.removeprefix("error: ") for line in tail if line.startswith("error: ")]
-        if errors:  # the trainer's own one-line reason (divergence, an incompatible resume)
-            raise RuntimeError(f"{job.phase}: {errors[-1]}")
-        raise RuntimeError(f"{job.phase}: training failed (exit {process.returncode}); last output:\n" + "\n".join(tail))
-    metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-    return metrics, sync
+    process.wait()
+    return tail
 
 
 def tokenizer_files(store: ObjectStore, tokenizer: dict, directory: Path) -> None:

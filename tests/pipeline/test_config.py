@@ -453,3 +453,26 @@ def test_the_refresh_minimum_and_the_alerts_are_validated(tmp_path):
     config = load_config(write_config(tmp_path, raw))
     assert config.alerts.notify == "slack-webhook/data-eng" and not config.alerts.failed_run.enabled
     assert config.refresh.min_new_tokens == 100_000 and config.alerts.late_refresh.within_seconds == 3600
+
+
+def test_multi_node_settings_name_the_key_and_one_route(tmp_path):
+    raw = raw_minimal()
+    raw["train"] = {"nodes": 2, "processes": 16, "rdzv_endpoint": "train-0.train:29400", "work_dir": "/shared/train"}
+    train = load_config(write_config(tmp_path, raw)).train
+    assert (train.nodes, train.processes // train.nodes) == (2, 8)
+    raw["train"] = {"nodes": 2, "processes": 3, "launcher": "deepspeed"}
+    message = config_error(tmp_path, raw)
+    for expected in ("train.rdzv_endpoint (host:port of node 0) is required", "train.launcher must be auto or torchrun",
+                     "train.processes (ranks in all, 3) must be a multiple of train.nodes (2)",
+                     "train.work_dir is required with train.nodes > 1"):
+        assert expected in message, message
+    (tmp_path / "hosts").write_text("a slots=1\nb slots=1\n")
+    raw["train"] = {"nodes": 2, "processes": 2, "hostfile": str(tmp_path / "hosts"), "rdzv_endpoint": "a:29400",
+                    "work_dir": "/shared"}
+    assert "train.hostfile and train.nodes > 1 are two routes" in config_error(tmp_path, raw)
+    raw["train"] = {"rdzv_endpoint": "a:29400"}
+    assert "train.rdzv_endpoint is set but train.nodes is 1" in config_error(tmp_path, raw)
+    raw["train"] = {"nodes": 2, "rdzv_endpoint": "node-0", "work_dir": "/shared", "processes": 2}
+    assert "train.rdzv_endpoint" in config_error(tmp_path, raw) and "host:port" in config_error(tmp_path, raw)
+    raw["train"] = {"nodes": 0}
+    assert "train.nodes" in config_error(tmp_path, raw)

@@ -1,11 +1,15 @@
 """The pretrain stage on the sample's tokens: the plan, the artifact (an HF directory of the configured family that
 transformers' Auto classes load with the tokenizer, metrics with validation loss, loss curve, the kept checkpoints
 listed), checkpoints kept in the store for resuming, pruned ones deleted there, and versions that follow what
-changes the trained model and nothing else."""
+changes the trained model and nothing else; two nodes through torchrun's rendezvous (node 1 running
+`pretrain-pipeline train-node`)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,7 +85,8 @@ def test_versions_follow_what_changes_the_trained_model(mixture):
         assert pretrain_spec(SETTINGS.model_copy(update=changed), SIZE, mix, tokenizer).version != version, changed
     for unchanged in ({"threads_per_process": 4}, {"launcher": "torchrun"}, {"accelerator": "cuda"},
                       {"log_every": 1}, {"checkpoint_every": 1}, {"keep_checkpoints": 0}, {"eval_every": 0},
-                      {"work_dir": "/tmp"}, {"peak_tflops": 100.0}):
+                      {"work_dir": "/tmp"}, {"peak_tflops": 100.0},
+                      {"nodes": 2, "rdzv_endpoint": "train-0.train:29400", "work_dir": "/shared"}):
         assert pretrain_spec(SETTINGS.model_copy(update=unchanged), SIZE, mix, tokenizer).version == version, unchanged
     assert pretrain_spec(SETTINGS, {**SIZE, "family": "gpt2"}, mix, tokenizer).version != version
 
@@ -127,3 +132,38 @@ def test_two_ranks_through_deepspeeds_launcher(mixture):
                                                             progress=messages.append)
     assert manifest["counts"]["steps"] == 4 and manifest["summary"]["global_batch_sequences"] == 2
     assert any("deepspeed --num_gpus 2" in m for m in messages)
+
+
+def test_two_nodes_through_torchruns_rendezvous(mixture, tmp_path, monkeypatch):
+    """Node 0 is the stage; node 1 runs `pretrain-pipeline train-node`, finds the launch in the shared work_dir and
+    joins the rendezvous; the version is the one-node version of the same total ranks."""
+    from model.train import free_port
+    from tests.conftest import REPO
+
+    store, tokenizer, mix = mixture
+    endpoint, shared = f"127.0.0.1:{free_port()}", tmp_path / "shared"
+    shared.mkdir()
+    settings = TrainConfig(steps=3, micro_batch=1, warmup_steps=1, checkpoint_every=2, zero_stage=1, processes=2,
+                           nodes=2, rdzv_endpoint=endpoint, work_dir=str(shared))
+    spec = pretrain_spec(settings, SIZE, mix, tokenizer)
+    one_node = settings.model_copy(update={"nodes": 1, "rdzv_endpoint": None, "work_dir": None})
+    assert spec.version == pretrain_spec(one_node, SIZE, mix, tokenizer).version
+    monkeypatch.setenv("PRETRAIN_JOB_ID", "two-nodes")
+    overrides = [f"train.{key}={value}" for key, value in
+                 (("nodes", 2), ("processes", 2), ("rdzv_endpoint", endpoint), ("work_dir", shared))]
+    node = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "train-node", "-c", str(REPO / "pipeline.yaml"),
+                             *[arg for item in overrides for arg in ("--set", item)], "--idle-timeout", "20"],
+                            cwd=REPO, env={**os.environ, "JOB_COMPLETION_INDEX": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    messages: list[str] = []
+    try:
+        manifest = run_pretrain(settings, SIZE, store, spec, mix, tokenizer, progress=messages.append)
+        output, _ = node.communicate(timeout=180)
+    finally:
+        node.kill()
+    assert node.returncode == 0, output[-3000:]
+    assert manifest["counts"]["steps"] == 3 and manifest["summary"]["global_batch_sequences"] == 2
+    assert any("--rdzv-backend c10d" in m and "--nnodes 2" in m for m in messages)
+    assert any("checkpoint step0000002 stored" in m for m in messages)  # node 0 reports, whatever its global rank
+    assert "node 1: joining pretrain (0001.json" in output and "ended with exit code 0" in output
+    assert json.loads((shared / "rendezvous" / "two-nodes" / "0001.json").read_text())["finished"]
