@@ -36,7 +36,7 @@ def stack(tmp_path_factory):
     local_stack.down(directory)
 
 
-def _prefect(stack, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+def _prefect(stack, *args: str, timeout: int = 700) -> subprocess.CompletedProcess:
     env = {**os.environ, **stack.env()}
     return subprocess.run([local_stack._bin("prefect"), *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -59,12 +59,13 @@ def _run_deployment(stack, overrides: dict, deployment: str = "full",
                     parameters: dict | None = None) -> tuple[subprocess.CompletedProcess, str]:
     result = _prefect(stack, "deployment", "run", f"pretrain-pipeline/{deployment}", "--params",
                       json.dumps({"overrides": {**QUICK_TRAINING, **overrides}, **(parameters or {})}), "--watch",
-                      "--watch-timeout", "300")
+                      "--watch-timeout", "600")
     match = re.search(r"UUID:\s*([0-9a-f-]{36})", result.stdout)
     assert match, result.stdout + result.stderr
     return result, match.group(1)
 
 
+@pytest.mark.timeout(900)  # a full run and a refresh; minutes more when the machine is busy
 def test_deployment_run_completes_and_writes_artifacts(stack):
     bucket = "deploy-" + uuid.uuid4().hex[:10]
     store = _store(stack, bucket)
@@ -244,7 +245,7 @@ def _training_runs(client, parent_id) -> list:
         parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]))) if run.deployment_id == train.id]
 
 
-@pytest.mark.timeout(900)  # one run through the whole DAG, a cached rerun, a failing forced pretrain
+@pytest.mark.timeout(1200)  # one run through the whole DAG, a cached rerun, a failing forced pretrain
 def test_training_runs_as_child_flow_runs_on_the_gpu_pool(stack):
     """`train.work_pool: local-gpu`: pretrain, cpt and ift run as flow runs of pretrain-pipeline/train on the
     second pool (its own worker), children of the pipeline's run, and commit the versions the in-process run
