@@ -297,7 +297,7 @@ def test_training_runs_as_child_flow_runs_on_the_gpu_pool(stack):
     error = failed["stages"]["pretrain"]["error"]
     assert failed["status"] == "failed" and failed["stages"]["pretrain"]["status"] == "failed"
     assert "\n" not in error and re.search(r"pretrain: training flow run \S+-pretrain on work pool local-gpu ended "
-                                           r"Crashed: .*non-zero", error), error
+                                           r"Crashed: .*exited", error), error
     assert {failed["stages"][name]["status"] for name in ("cpt", "ift")} == {"not_run"}
 
 
