@@ -7,6 +7,7 @@ differ in containers are baked into each deployment's `overrides` parameter:
 
 - S3_ENDPOINT_URL   -> storage.endpoint_url (the S3 service as the workers see it, http://seaweedfs:8333)
 - TRAIN_ACCELERATOR -> train.accelerator ("cuda" with the GPU worker; unset keeps pipeline.yaml's)
+- TRAIN_WORK_POOL   -> train.work_pool ("local-gpu": the training stages run on the GPU worker's pool)
 
 A run started with its own `overrides` replaces these (Prefect merges parameters key by key), so repeat
 them there. `--dry-run` prints the commands instead of running them.
@@ -49,6 +50,8 @@ def overrides_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if accelerator not in ACCELERATORS:
             raise SystemExit(f"TRAIN_ACCELERATOR must be one of {', '.join(ACCELERATORS)}, not {accelerator!r}")
         overrides["train.accelerator"] = accelerator
+    if env.get("TRAIN_WORK_POOL"):
+        overrides["train.work_pool"] = env["TRAIN_WORK_POOL"]
     return overrides
 
 

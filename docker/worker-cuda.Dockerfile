@@ -49,7 +49,8 @@ COPY docker/deploy.py ./docker/deploy.py
 RUN useradd --create-home --uid 1000 pipeline && chown pipeline /opt/pretrain-pipeline
 USER 1000
 
-# The work pool of prefect.yaml (and of `make up`, pipeline/stack.py). The training stages take
-# DS_ACCELERATOR from pipeline.yaml's train.accelerator: register the deployments with
-# TRAIN_ACCELERATOR=cuda (docker/deploy.py) or pass the override with the run.
-CMD ["prefect", "worker", "start", "--pool", "local-process", "--type", "process"]
+# The pool of prefect.yaml's `train` deployment (and of `make up`, pipeline/stack.py): the training stages
+# run here when train.work_pool is local-gpu. They take DS_ACCELERATOR from pipeline.yaml's
+# train.accelerator: register the deployments with TRAIN_ACCELERATOR=cuda (docker/deploy.py) or pass the
+# override with the run.
+CMD ["prefect", "worker", "start", "--pool", "local-gpu", "--type", "process"]

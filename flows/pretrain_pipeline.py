@@ -115,7 +115,8 @@ def pretrain_pipeline(
     recorder.forget("not_run")  # an earlier attempt's; this attempt decides again
     ctx = RunContext(
         config=config, store=store, base_dir=Path(config_path).resolve().parent, run_id=run_id,
-        recorder=recorder, only=selection(config, only), force=frozenset(force or []),
+        recorder=recorder, only=selection(config, only), force=frozenset(force or []), config_path=config_path,
+        overrides=overrides,
     )
     logger.info("run %s (attempt %s): storage %s", run_id, recorder.record["attempt"], store.uri())
 

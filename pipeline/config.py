@@ -549,8 +549,16 @@ class ModelConfig(Section):
         return resolve_size(self.preset, overrides)
 
 
+class ConcurrencyLimitConfig(Section):
+    """The Prefect global concurrency limit a training flow run holds a slot of while it trains."""
+
+    name: str | None = Field("gpu", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                             description="the limit's name; null: training runs take no slot")
+    slots: int = Field(1, ge=1, le=10_000, description="training runs at once (the limit `make up` creates or updates)")
+
+
 class TrainConfig(Section):
-    """Training with DeepSpeed: processes, the optimisation, checkpoints.
+    """Training with DeepSpeed: processes, the optimisation, checkpoints, where it runs.
 
     Versioning rule: a setting that changes what is trained (the global batch: processes x micro_batch x
     grad_accum; precision; ZeRO stage; the optimisation; the seed) is part of the training stages' artifact
@@ -606,6 +614,24 @@ class TrainConfig(Section):
     )
     work_dir: str | None = Field(None, json_schema_extra=UNVERSIONED,
                                  description="local space for token shards and checkpoints; default: system temp")
+    work_pool: str | None = Field(
+        None, json_schema_extra=UNVERSIONED,
+        description="run each training stage as a flow run of the pretrain-pipeline/train deployment, which must be "
+                    "on this work pool (e.g. a GPU pool); null: in the pipeline's own flow run")
+    work_queue: str | None = Field(None, json_schema_extra=UNVERSIONED,
+                                   description="the work pool's queue for those runs; null: the deployment's default")
+    job_variables: dict[str, Any] = Field(
+        {}, json_schema_extra=UNVERSIONED,
+        description="the work pool's job variables for those runs (e.g. image, gpus, node_selector: whatever the "
+                    "pool's base job template declares)")
+    concurrency_limit: ConcurrencyLimitConfig = Field(ConcurrencyLimitConfig(), json_schema_extra=UNVERSIONED)
+
+    @model_validator(mode="after")
+    def _pool_settings_need_a_pool(self) -> "TrainConfig":
+        for name in ("work_queue", "job_variables"):
+            if getattr(self, name) and not self.work_pool:
+                raise ValueError(f"{name} applies to training on a work pool: set train.work_pool too")
+        return self
 
     @field_validator("rdzv_endpoint")
     @classmethod

@@ -1,7 +1,10 @@
 """The local stack behind `make up` / `make down`, the demo and the deployment tests.
 
 On 127.0.0.1: SeaweedFS (S3, with generated credentials), a Prefect server (SQLite under the stack
-directory), a `process` work pool with a worker, and the deployments of prefect.yaml registered.
+directory), a `process` work pool with a worker, a second `process` pool with its own worker standing in for
+a GPU pool (`local-gpu`: the `train` deployment's, which runs the training stages when pipeline.yaml sets
+`train.work_pool: local-gpu`), the global concurrency limit of `train.concurrency_limit`, and the
+deployments of prefect.yaml registered.
 Everything the stack keeps (object data, Prefect's database, logs, credentials) lives in one
 directory, `.stack/` by default, so `make down` + `make up` finds the same artifacts and runs again.
 """
@@ -25,7 +28,9 @@ DEFAULT_DIR = REPO / ".stack"
 DEFAULT_S3_PORT = 8333
 DEFAULT_PREFECT_PORT = 4200
 WORK_POOL = "local-process"
-WORKER_POLL_SECONDS = 2
+TRAIN_POOL = "local-gpu"  # the pool of prefect.yaml's `train` deployment
+# Workers ask for scheduled runs every 10 s by default; a training flow run waits for that once per stage.
+WORKER_QUERY_SECONDS = "2"
 STATE = "state.json"
 SCHEDULE_STATE = "refresh-schedule.json"  # refresh.active as last applied (pipeline/schedule.py)
 
@@ -37,6 +42,7 @@ class Stack:
     prefect_port: int
     server_pid: int | None
     worker_pid: int | None
+    train_worker_pid: int | None = None
 
     @property
     def api_url(self) -> str:
@@ -128,7 +134,8 @@ def up(directory: Path = DEFAULT_DIR, *, s3_port: int = DEFAULT_S3_PORT, prefect
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     existing = load_stack(directory)
-    if existing and _alive(existing.s3.pid) and _alive(existing.server_pid) and _alive(existing.worker_pid):
+    if existing and all(_alive(pid) for pid in (existing.s3.pid, existing.server_pid, existing.worker_pid,
+                                                 existing.train_worker_pid)):
         say(f"stack already running: Prefect UI {existing.ui_url}, S3 {existing.s3.endpoint_url}")
         return existing
     if existing:
@@ -192,8 +199,9 @@ def _start_prefect(stack: Stack, config, say) -> None:
 
     client_env = {**env, **stack.env(), "PRETRAIN_PIPELINE_HOME": str(REPO)}
     setup_log = directory / "prefect-setup.log"
-    say(f"creating work pool {WORK_POOL!r} and registering the deployments of prefect.yaml ...")
-    _run([_bin("prefect"), "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"], client_env, setup_log)
+    say(f"creating work pools {WORK_POOL!r} and {TRAIN_POOL!r} and registering the deployments of prefect.yaml ...")
+    for pool in (WORK_POOL, TRAIN_POOL):
+        _run([_bin("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"], client_env, setup_log)
     _run([_bin("prefect"), "--no-prompt", "deploy", "--all"], client_env, setup_log)
     schedule = apply_refresh_schedule(stack.api_url, config.refresh, directory / SCHEDULE_STATE)
     say(f"{schedule['deployment']}: cron {schedule['cron']!r} ({schedule['timezone']}), "
@@ -201,15 +209,32 @@ def _start_prefect(stack: Stack, config, say) -> None:
         f"{' (as set in the UI or CLI; refresh.active unchanged)' if schedule['kept'] else ''}")
     for automation in apply_alerts(stack.api_url, config.alerts):
         say(f"automation {automation['name']!r}: notifies {automation['notify']}")
+    limit = apply_concurrency_limit(stack.api_url, config.train.concurrency_limit)
+    if limit:
+        say(f"global concurrency limit {limit['name']!r}: {limit['slots']} training run(s) at once")
 
-    say("starting a worker ...")
-    # The worker asks for due runs every WORKER_POLL_SECONDS instead of Prefect's 10 s: on a local stack a
-    # started deployment run should not wait for the next poll.
-    worker_env = {**client_env, "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_SECONDS)}
+    say(f"starting a worker on {WORK_POOL!r} and one on {TRAIN_POOL!r} ...")
+    worker_env = {**client_env, "PREFECT_WORKER_QUERY_SECONDS": WORKER_QUERY_SECONDS}
     worker = _spawn([_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
                     worker_env, directory / "worker.log")
     stack.worker_pid = worker.pid
     _save(stack)
+    train_worker = _spawn([_bin("prefect"), "worker", "start", "--pool", TRAIN_POOL, "--type", "process"],
+                          worker_env, directory / "train-worker.log")
+    stack.train_worker_pid = train_worker.pid
+    _save(stack)
+
+
+def apply_concurrency_limit(api_url: str, limit) -> dict | None:
+    """Create or update the global concurrency limit of `train.concurrency_limit` (None when its name is null)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if limit.name is None:
+        return None
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(limit.name, limit.slots)
+    return {"name": limit.name, "slots": limit.slots}
 
 
 def _save(stack: Stack) -> None:
@@ -246,7 +271,8 @@ def down(directory: Path = DEFAULT_DIR, say=print) -> None:
         say("no stack state found; nothing to stop")
         return
     # A Prefect worker ignores the first SIGTERM; SIGINT makes it shut down cleanly.
-    _stop_group(stack.worker_pid, (signal.SIGINT, signal.SIGTERM), grace=10.0)
+    for worker_pid in (stack.worker_pid, stack.train_worker_pid):
+        _stop_group(worker_pid, (signal.SIGINT, signal.SIGTERM), grace=10.0)
     _stop_group(stack.server_pid, (signal.SIGTERM,), grace=15.0)
     stop_seaweed(stack.s3)
     (Path(directory) / STATE).unlink(missing_ok=True)

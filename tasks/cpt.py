@@ -17,7 +17,8 @@
 Artifact: the model in its own family (hf/, as pretrain's) plus order.arrow; the manifest holds the
 starting model (an artifact, or the checkpoint's files with their sha256), the plan and the mixture table.
 
-The core (`cpt_weights`, `replay_bounded`, `run_cpt`) knows nothing of Prefect; `cpt_task` is the thin task.
+The core (`cpt_weights`, `replay_bounded`, `run_cpt`) knows nothing of Prefect; `prepare` resolves the version
+and the build, which `cpt_task` runs here or on train.work_pool (tasks/remote.py).
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ from prefect.cache_policies import NO_CACHE
 
 from .checkpoints import StartingModel, artifact_model, check_base_checkpoint
 from .mixture import allocate, mixture_table, mixture_weights, sample_order, train_shards
-from .stage import RunContext, execute_stage, upstream_manifest
+from .remote import run_training_stage
+from .stage import RunContext, upstream_manifest
 from .tokenizer import conventions
 from .training import (TrainingJob, describe_plan, export_model, fetch_token_shards, loss_summary, model_summary, plan,
-                       publish_curve, run_training, val_shards, write_order)
+                       run_training, val_shards, write_order)
 
 STAGE = "cpt"
 CODE_VERSION = "2"  # 2: any supported family from an HF directory; replay_fraction an upper bound
@@ -160,11 +162,9 @@ def starting_model(ctx: RunContext, base_result: dict | None) -> StartingModel:
     return checkpoint
 
 
-@task(name="cpt", task_run_name="cpt", cache_policy=NO_CACHE, persist_result=False)
-def cpt_task(ctx: RunContext, base_result: dict | None, tokens_results: dict[str, dict],
-             tokenizer_result: dict) -> Any:
-    """Resolve the version from the starting model (`base_result`: the model artifact `cpt.init: pretrain`
-    starts from), every tokens artifact, the tokenizer and the config; skip or train."""
+def prepare(ctx: RunContext, base_result: dict | None, tokens_results: dict[str, dict],
+            tokenizer_result: dict) -> tuple[StageSpec, Callable]:
+    """The version (from the starting model, every tokens artifact, the tokenizer and the config) and the build."""
     config = ctx.config
     start = starting_model(ctx, base_result)
     domain = {s: upstream_manifest(ctx, tokens_results[s]) for s in config.domain_sources()}
@@ -172,7 +172,14 @@ def cpt_task(ctx: RunContext, base_result: dict | None, tokens_results: dict[str
     tokenizer = upstream_manifest(ctx, tokenizer_result)
     spec = cpt_spec(config.cpt, config.train, config.mixture, start, {**domain, **general}, tokenizer,
                     rebuild=ctx.rebuild_token(STAGE))
-    result = execute_stage(ctx, spec, lambda emit: run_cpt(config.cpt, config.train, config.mixture, ctx.store, spec,
-                                                           start, domain, general, tokenizer, emit))
-    publish_curve(ctx.store, spec.prefix, STAGE)
-    return result
+    return spec, lambda emit: run_cpt(config.cpt, config.train, config.mixture, ctx.store, spec, start, domain,
+                                      general, tokenizer, emit)
+
+
+@task(name="cpt", task_run_name="cpt", cache_policy=NO_CACHE, persist_result=False)
+def cpt_task(ctx: RunContext, base_result: dict | None, tokens_results: dict[str, dict],
+             tokenizer_result: dict) -> Any:
+    """Skip or train (`base_result`: the model artifact `cpt.init: pretrain` starts from), here or as a training
+    flow run on train.work_pool (tasks/remote.py)."""
+    return run_training_stage(ctx, STAGE, prepare, {"base_result": base_result, "tokens_results": tokens_results,
+                                                    "tokenizer_result": tokenizer_result})

@@ -21,8 +21,8 @@ Artifact: the model (hf/ with the chat template, and a generation config that st
 assistant turn; metrics, loss curve), the token shards (the eval stage scores the held-out assistant turns from val/), the
 order and the quarantine.
 
-The core (`read_conversations`, `encode_conversations`, `run_ift`) knows nothing of Prefect; `ift_task`
-is the thin task.
+The core (`read_conversations`, `encode_conversations`, `run_ift`) knows nothing of Prefect; `prepare` resolves
+the version and the build, which `ift_task` runs here or on train.work_pool (tasks/remote.py).
 """
 
 from __future__ import annotations
@@ -51,10 +51,11 @@ from prefect.cache_policies import NO_CACHE
 
 from .checkpoints import StartingModel, artifact_model, check_base_checkpoint
 from .cpt import check_fits
-from .stage import RunContext, execute_stage, upstream_manifest
+from .remote import run_training_stage
+from .stage import RunContext, upstream_manifest
 from .tokenizer import conventions, id_fraction
-from .training import (TrainingJob, describe_plan, export_model, loss_summary, model_summary, plan, publish_curve,
-                       run_training, tokenizer_files, write_order)
+from .training import (TrainingJob, describe_plan, export_model, loss_summary, model_summary, plan, run_training,
+                       tokenizer_files, write_order)
 
 STAGE = "ift"
 CODE_VERSION = "2"  # 2: a checkpoint's own chat template; transformers model classes
@@ -220,10 +221,9 @@ def run_ift(settings: IftConfig, train: TrainConfig, seq_len: int, store: Object
     return writer.commit(files, counts, summary=summary)
 
 
-@task(name="ift", task_run_name="ift", cache_policy=NO_CACHE, persist_result=False)
-def ift_task(ctx: RunContext, model_result: dict | None, tokenizer_result: dict) -> Any:
-    """Resolve the version from the starting model (the CPT or pretrained artifact, or with CPT off the
-    checkpoint of ift.init), the tokenizer, the chat files and the config."""
+def prepare(ctx: RunContext, model_result: dict | None, tokenizer_result: dict) -> tuple[StageSpec, Callable]:
+    """The version (from the starting model: the CPT or pretrained artifact, or with CPT off the checkpoint of
+    ift.init; the tokenizer, the chat files and the config) and the build."""
     config = ctx.config
     start = artifact_model(upstream_manifest(ctx, model_result)) if model_result is not None \
         else check_base_checkpoint(config, ctx.base_dir)
@@ -233,7 +233,12 @@ def ift_task(ctx: RunContext, model_result: dict | None, tokenizer_result: dict)
     chat_files = eval_files(config.ift.chat_files, ctx.base_dir, key="ift.chat_files")
     spec = ift_spec(config.ift, config.train, config.tokenize.seq_len, start, tokenizer, chat_files,
                     rebuild=ctx.rebuild_token(STAGE))
-    result = execute_stage(ctx, spec, lambda emit: run_ift(config.ift, config.train, config.tokenize.seq_len,
-                                                           ctx.store, spec, start, tokenizer, chat_files, emit))
-    publish_curve(ctx.store, spec.prefix, STAGE)
-    return result
+    return spec, lambda emit: run_ift(config.ift, config.train, config.tokenize.seq_len, ctx.store, spec, start,
+                                      tokenizer, chat_files, emit)
+
+
+@task(name="ift", task_run_name="ift", cache_policy=NO_CACHE, persist_result=False)
+def ift_task(ctx: RunContext, model_result: dict | None, tokenizer_result: dict) -> Any:
+    """Skip or fine-tune, here or as a training flow run on train.work_pool (tasks/remote.py)."""
+    return run_training_stage(ctx, STAGE, prepare, {"model_result": model_result,
+                                                    "tokenizer_result": tokenizer_result})

@@ -9,7 +9,8 @@ an HF directory (hf/: config.json, fp32 model.safetensors, the tokenizer, genera
 AutoModelForCausalLM loads, the per-step metrics, the loss curve and the kept checkpoints; the manifest
 holds the model config, the plan and the first and last loss.
 
-The core (`pretrain_spec`, `run_pretrain`) knows nothing of Prefect; `pretrain_task` is the thin task.
+The core (`pretrain_spec`, `run_pretrain`) knows nothing of Prefect; `prepare` resolves the version and the
+build from the upstream results, which `pretrain_task` runs here or on train.work_pool (tasks/remote.py).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from prefect.cache_policies import NO_CACHE
 
 from model.families import hf_config_dict
 
-from .stage import RunContext, execute_stage, upstream_manifest
+from .remote import run_training_stage
+from .stage import RunContext, upstream_manifest
 from .tokenizer import conventions
 from .training import (TrainingJob, describe_plan, export_model, fetch_data, loss_summary, model_summary, plan,
-                       publish_curve, run_training, val_shards)
+                       run_training, val_shards)
 
 STAGE = "pretrain"
 CODE_VERSION = "2"  # 2: transformers model classes, the HF directory is the model
@@ -76,17 +78,22 @@ def run_pretrain(settings: TrainConfig, model_size: dict, store: ObjectStore, sp
     return writer.commit(files, counts, summary=summary)
 
 
-@task(name="pretrain", task_run_name="pretrain", cache_policy=NO_CACHE, persist_result=False)
-def pretrain_task(ctx: RunContext, mixture_result: dict, tokenizer_result: dict,
-                  tokens_results: dict[str, dict] | None = None) -> Any:
-    """Resolve the version from the mixture, the tokenizer, the model size and the config; skip or train."""
+def prepare(ctx: RunContext, mixture_result: dict, tokenizer_result: dict,
+            tokens_results: dict[str, dict] | None = None) -> tuple[StageSpec, Callable]:
+    """The version (from the mixture, the tokenizer, the model size and the config) and the build."""
     mixture = upstream_manifest(ctx, mixture_result)
     tokenizer = upstream_manifest(ctx, tokenizer_result)
     validation = [upstream_manifest(ctx, result) for result in (tokens_results or {}).values()]
     settings = ctx.config.train
     model_size = ctx.config.model.size()
     spec = pretrain_spec(settings, model_size, mixture, tokenizer, rebuild=ctx.rebuild_token(STAGE))
-    result = execute_stage(ctx, spec, lambda emit: run_pretrain(settings, model_size, ctx.store, spec, mixture,
-                                                                tokenizer, emit, validation))
-    publish_curve(ctx.store, spec.prefix, STAGE)
-    return result
+    return spec, lambda emit: run_pretrain(settings, model_size, ctx.store, spec, mixture, tokenizer, emit, validation)
+
+
+@task(name="pretrain", task_run_name="pretrain", cache_policy=NO_CACHE, persist_result=False)
+def pretrain_task(ctx: RunContext, mixture_result: dict, tokenizer_result: dict,
+                  tokens_results: dict[str, dict] | None = None) -> Any:
+    """Skip or train, here or as a training flow run on train.work_pool (tasks/remote.py)."""
+    return run_training_stage(ctx, STAGE, prepare, {"mixture_result": mixture_result,
+                                                     "tokenizer_result": tokenizer_result,
+                                                     "tokens_results": tokens_results})

@@ -32,6 +32,8 @@ class RunContext:
     recorder: RunRecorder
     only: frozenset[str] | None = None
     force: frozenset[str] = frozenset()
+    config_path: str | None = None  # what the config was read from, and the run's overrides: a training
+    overrides: dict[str, Any] | None = None  # flow run (tasks/remote.py) reads the same config from them
 
     @staticmethod
     def _named(artifact: str, names: frozenset[str]) -> bool:
@@ -64,7 +66,10 @@ def upstream_manifest(ctx: RunContext, result: dict) -> dict:
     return manifest
 
 
-def execute_stage(ctx: RunContext, spec: StageSpec, build: Callable[[Callable[[str], None]], dict]) -> Any:
+def execute_stage(ctx: RunContext, spec: StageSpec, build: Callable[[Callable[[str], None]], dict],
+                  remote: Callable[[], dict] | None = None) -> Any:
+    """Skip (Cached) or build the artifact of `spec`. `remote`, when given, builds it elsewhere instead of `build`
+    (a training stage's own flow run, tasks/remote.py) and returns its committed manifest."""
     from prefect.logging import get_run_logger
     from prefect.runtime import flow_run
     from prefect.states import Completed
@@ -84,8 +89,11 @@ def execute_stage(ctx: RunContext, spec: StageSpec, build: Callable[[Callable[[s
         )
         raise StageNotSelected(message)
     logger.info("%s: building version %s at %s", spec.artifact, spec.version, ctx.store.uri(spec.prefix))
-    with built_by(flow_run_id=ctx.run_id, flow_run_name=flow_run.get_name()):
-        manifest = build(StageProgress(logger.info, artifact_key(spec.artifact), spec.artifact))
+    if remote is not None:
+        manifest = remote()
+    else:
+        with built_by(flow_run_id=ctx.run_id, flow_run_name=flow_run.get_name()):
+            manifest = build(StageProgress(logger.info, artifact_key(spec.artifact), spec.artifact))
     result = stage_result(manifest, "executed")
     ctx.recorder.stage(spec.artifact, result)
     publish(ctx, manifest, result)

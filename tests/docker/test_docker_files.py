@@ -26,7 +26,7 @@ import dockerfile
 import pytest
 import yaml
 
-from pipeline.stack import WORK_POOL
+from pipeline.stack import TRAIN_POOL, WORK_POOL
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -160,13 +160,14 @@ def test_every_build_context_and_dockerfile_exists(full):
     assert built == {p.resolve() for p in DOCKERFILES}, "every docker/*.Dockerfile is built by a service"
 
 
-def test_workers_serve_the_work_pool_of_prefect_yaml(full):
-    pools = {d["work_pool"]["name"] for d in prefect_yaml()["deployments"]}
-    assert pools == {WORK_POOL}
+def test_workers_serve_the_work_pools_of_prefect_yaml(full):
+    """The CPU worker serves the pipeline's pool, the GPU worker the `train` deployment's (the training stages)."""
+    pools = {d["name"]: d["work_pool"]["name"] for d in prefect_yaml()["deployments"]}
+    assert set(pools.values()) == {WORK_POOL, TRAIN_POOL} and pools["train"] == TRAIN_POOL
     found = workers(full)
     assert set(found) == {"worker", "worker-cuda"}
     for name, service in found.items():
-        assert option(service["command"], "--pool") == WORK_POOL, name
+        assert option(service["command"], "--pool") == (TRAIN_POOL if name == "worker-cuda" else WORK_POOL), name
         assert option(service["command"], "--type") == "process", name
         assert service["depends_on"]["deploy"]["condition"] == "service_completed_successfully", name
 
@@ -369,7 +370,7 @@ def test_the_deploy_service_registers_every_deployment_with_the_s3_endpoint(full
     assert result.returncode == 0, result.stderr
     calls = [json.loads(line) for line in result.stdout.splitlines()]
     pools = [c[c.index("create") + 1] for c in calls if "work-pool" in c]
-    assert pools == [WORK_POOL]
+    assert pools == sorted([TRAIN_POOL, WORK_POOL])
     deployments = prefect_yaml()["deployments"]
     deploys = [c for c in calls if "deploy" in c]
     assert [c[c.index("--name") + 1] for c in deploys] == [d["name"] for d in deployments]
@@ -385,3 +386,7 @@ def test_deploy_bakes_the_gpu_accelerator_and_refuses_unknown_ones():
     deploys = [json.loads(line) for line in result.stdout.splitlines() if '"deploy"' in line]
     assert all(json.loads(c[c.index("--params") + 1])["overrides"]["train.accelerator"] == "cuda" for c in deploys)
     assert deploy_dry_run({"TRAIN_ACCELERATOR": "tpu"}).returncode != 0
+    pool = deploy_dry_run({"TRAIN_WORK_POOL": TRAIN_POOL})
+    deploys = [json.loads(line) for line in pool.stdout.splitlines() if '"deploy"' in line]
+    assert deploys and all(json.loads(c[c.index("--params") + 1])["overrides"]["train.work_pool"] == TRAIN_POOL
+                           for c in deploys)

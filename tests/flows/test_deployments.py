@@ -41,7 +41,7 @@ def stack(tmp_path_factory):
     local_stack.down(directory)
 
 
-def _prefect(stack, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+def _prefect(stack, *args: str, timeout: int = 700) -> subprocess.CompletedProcess:
     env = {**os.environ, **stack.env()}
     return subprocess.run([local_stack._bin("prefect"), *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -60,14 +60,17 @@ QUICK_TRAINING = {"train.steps": 4, "train.checkpoint_every": 2, "train.warmup_s
                   "eval.generated.cloze_items": 10, "eval.generated.last_word_items": 10}
 
 
-def _run_deployment(stack, overrides: dict, deployment: str = "full") -> tuple[subprocess.CompletedProcess, str]:
+def _run_deployment(stack, overrides: dict, deployment: str = "full",
+                    parameters: dict | None = None) -> tuple[subprocess.CompletedProcess, str]:
     result = _prefect(stack, "deployment", "run", f"pretrain-pipeline/{deployment}", "--params",
-                      json.dumps({"overrides": {**QUICK_TRAINING, **overrides}}), "--watch", "--watch-timeout", "300")
+                      json.dumps({"overrides": {**QUICK_TRAINING, **overrides}, **(parameters or {})}), "--watch",
+                      "--watch-timeout", "600")
     match = re.search(r"UUID:\s*([0-9a-f-]{36})", result.stdout)
     assert match, result.stdout + result.stderr
     return result, match.group(1)
 
 
+@pytest.mark.timeout(900)  # a full run and a refresh; minutes more when the machine is busy
 def test_deployment_run_completes_and_writes_artifacts(stack):
     bucket = "deploy-" + uuid.uuid4().hex[:10]
     store = _store(stack, bucket)
@@ -236,6 +239,71 @@ def test_retry_of_a_failed_run_reexecutes_only_the_failed_stage(stack, tmp_path)
         assert second["stages"][name]["attempt"] == 2
     for name, version in built.items():
         assert second["stages"][name] == {**second["stages"][name], "status": "cached", "version": version}
+
+
+def _training_runs(client, parent_id) -> list:
+    """The flow runs of the train deployment that are children of the pipeline run `parent_id`."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    train = client.read_deployment_by_name("pretrain-pipeline/train")
+    return [run for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]))) if run.deployment_id == train.id]
+
+
+@pytest.mark.timeout(1500)  # the DAG to ift, two Cached reruns, a failing forced pretrain (busy machine: minutes)
+def test_training_runs_as_child_flow_runs_on_the_gpu_pool(stack):
+    """`train.work_pool: local-gpu`: pretrain, cpt and ift run as flow runs of pretrain-pipeline/train on the
+    second pool (its own worker), children of the pipeline run's task runs, holding the stage's progress
+    bar; a rerun is Cached without any training run, and so is a rerun in-process (the versions the training
+    runs committed are the in-process ones); a training run that fails (the pool's job variable `command`
+    set to `false`) fails the stage with a one-line reason. Eval is off: it is not a training stage."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from pipeline.artifacts import read_manifest
+
+    bucket = "pool-" + uuid.uuid4().hex[:10]
+    store = _store(stack, bucket)
+    in_process = {"storage.endpoint_url": stack.s3.endpoint_url, "storage.bucket": bucket, "eval.enabled": False}
+    pooled = {**in_process, "train.work_pool": local_stack.TRAIN_POOL}
+    result, run_id = _run_deployment(stack, pooled)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = read_run(store, run_id)
+    assert record["status"] == "completed"
+    assert {stage["status"] for stage in record["stages"].values()} == {"executed"}
+    with _client(stack) as client:
+        run = client.read_flow_run(run_id)
+        children = _training_runs(client, run_id)
+        parents = {child.name: client.read_task_run(child.parent_task_run_id) for child in children}
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[child.id for child in children])))
+    assert sorted(child.parameters["stage"] for child in children) == ["cpt", "ift", "pretrain"]
+    for child in children:
+        stage = child.parameters["stage"]
+        assert child.name == f"{run.name}-{stage}" and child.work_pool_name == local_stack.TRAIN_POOL
+        assert child.state.is_completed() and parents[child.name].flow_run_id == run.id
+        assert parents[child.name].state.is_completed()
+        build = read_manifest(store, stage, record["stages"][stage]["version"])["build"]
+        assert (build["flow_run_id"], build["training_flow_run_id"]) == (run_id, str(child.id))
+    assert {artifact.key for artifact in artifacts} >= {"09-pretrain-progress", "10-cpt-progress", "11-ift-progress"}
+
+    for overrides in (pooled, in_process):  # cached on the pool: no training run; in-process: the same versions
+        rerun, rerun_id = _run_deployment(stack, overrides)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        again = read_run(store, rerun_id)["stages"]
+        assert {name: (stage["status"], stage["version"]) for name, stage in again.items()} == \
+            {name: ("cached", stage["version"]) for name, stage in record["stages"].items()}
+        with _client(stack) as client:
+            assert _training_runs(client, rerun_id) == []
+
+    failing, failing_id = _run_deployment(stack, {**pooled, "train.job_variables": {"command": "false"}},
+                                          parameters={"force": ["pretrain"]})
+    assert failing.returncode != 0 and "Failed" in failing.stdout
+    failed = read_run(store, failing_id)
+    error = failed["stages"]["pretrain"]["error"]
+    assert failed["status"] == "failed" and failed["stages"]["pretrain"]["status"] == "failed"
+    assert "\n" not in error and re.search(r"pretrain: training flow run \S+-pretrain on work pool local-gpu ended "
+                                           r"Crashed: .*exited", error), error
+    assert {failed["stages"][name]["status"] for name in ("cpt", "ift")} == {"not_run"}
 
 
 def test_the_ui_shows_a_finished_run_with_every_stage_completed(stack, tmp_path, record_property):
@@ -410,7 +478,7 @@ def test_the_automations_exist_and_fire_on_a_failed_run(stack, tmp_path):
 def test_every_server_of_the_stack_listens_on_loopback_only(stack):
     """`ss` lists every listening socket of the stack's processes (SeaweedFS, the Prefect server, the
     worker, and their children): each is bound to 127.0.0.1, and the S3 and Prefect ports are among them."""
-    groups = {stack.s3.pid, stack.server_pid, stack.worker_pid}
+    groups = {stack.s3.pid, stack.server_pid, stack.worker_pid, stack.train_worker_pid}
     listing = subprocess.run(["ps", "-e", "-o", "pid=,pgid="], capture_output=True, text=True, check=True).stdout
     pids = {int(pid) for pid, pgid in (line.split() for line in listing.splitlines()) if int(pgid) in groups}
     sockets = subprocess.run(["ss", "-H", "-l", "-n", "-p", "-t", "-u"], capture_output=True, text=True,
@@ -449,7 +517,8 @@ def test_make_up_keeps_the_schedules_active_state_unless_the_config_changes(stac
     local_stack.down(directory, say=lambda _m: None)
     restarted = local_stack.up(directory, s3_port=stack.s3.s3_port, prefect_port=stack.prefect_port,
                                say=lambda _m: None)
-    stack.s3, stack.server_pid, stack.worker_pid = restarted.s3, restarted.server_pid, restarted.worker_pid
+    stack.s3, stack.server_pid, stack.worker_pid, stack.train_worker_pid = (
+        restarted.s3, restarted.server_pid, restarted.worker_pid, restarted.train_worker_pid)
     _, after = schedule()
     assert (after.id, after.active) == (before.id, True)
     # `. .stack/env` is all a shell needs: the venv's `prefect` is found, talking to this server
