@@ -99,6 +99,15 @@ class Ablation:
     tokens_per_step: int = 0            # micro_batch x grad_accum x processes x seq_len
     _raw_base: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    def to_json(self) -> dict[str, Any]:
+        """What the ablation is, as JSON (for a manifest or an artifact version): every field but the path."""
+        return {"base_config": str(self.base_config), "base_overrides": self.base_overrides,
+                "recipes": [{"name": r.name, "description": r.description, "overrides": r.overrides}
+                            for r in self.recipes],
+                "seeds": self.seeds, "proxy_model": self.proxy_model, "budget_tokens": self.budget_tokens,
+                "proxy_train": self.proxy_train, "held_out": self.held_out, "tasks": self.tasks,
+                "steps": self.steps, "tokens_per_step": self.tokens_per_step}
+
     def recipe(self, name: str) -> Recipe:
         for recipe in self.recipes:
             if recipe.name == name:

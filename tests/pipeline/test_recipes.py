@@ -3,6 +3,7 @@ the proxy's steps from the budget, and recipe_config's overrides and fixed setti
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,11 @@ def test_the_sample_recipe_file_loads():
     assert ablation.base_config == REPO / "pipeline.yaml"
     # pipeline.yaml: micro_batch 8 x grad_accum 1 x 1 process x seq_len 256 = 2048 tokens per step.
     assert ablation.tokens_per_step == 2048 and ablation.steps == 262144 // 2048 == 128
+    described = ablation.to_json()
+    assert json.loads(json.dumps(described)) == described
+    assert described["recipes"][2] == {"name": "dedup-off", "description": "neither exact nor near-duplicate removal",
+                                       "overrides": {"dedup.exact": False, "dedup.near": False}}
+    assert described["held_out"] == {"fraction": 0.05, "max_bytes_per_source": 200000, "seed": 0}
     config = recipe_config(ablation, "no-c4", 1)
     assert "c4" not in config.filter.rules and config.filter.rules[0] == "gopher_quality"
     assert recipe_config(ablation, "dedup-off", 0).dedup.near is False
