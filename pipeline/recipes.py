@@ -13,6 +13,7 @@ train.seed, train.steps from the budget, proxy_train, eval.tasks, a run that sto
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,8 +239,7 @@ def load_ablation(path: str | Path) -> Ablation:
         raise RecipeError(f"{path}: budget_tokens {ablation.budget_tokens:,} is less than one optimizer step of "
                           f"{tokens_per_step:,} tokens (train.micro_batch x grad_accum x processes x "
                           f"tokenize.seq_len); raise budget_tokens or lower proxy_train.micro_batch")
-    object.__setattr__(ablation, "steps", steps)
-    object.__setattr__(ablation, "tokens_per_step", tokens_per_step)
+    ablation = dataclasses.replace(ablation, steps=steps, tokens_per_step=tokens_per_step)
     for recipe in recipes:
         recipe_config(ablation, recipe, ablation.seeds[0])
     return ablation
