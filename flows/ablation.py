@@ -39,13 +39,13 @@ from prefect.runtime import flow_run
 
 from flows.dag import run_pipeline
 from pipeline.artifacts import fetch_verified, files_with_role, read_manifest
-from pipeline.config import PIPELINE_STAGES, ConfigError, PipelineConfig, validate_config
+from pipeline.config import PIPELINE_STAGES, PipelineConfig
 from pipeline.parallel import cluster_session
-from pipeline.recipes import Ablation, Recipe, load_ablation, recipe_config
+from pipeline.recipes import Ablation, Recipe, check_base_key, load_ablation, recipe_config
 from pipeline.runs import RunRecorder
 from pipeline.storage import ObjectStore, open_store
 from tasks.ablation import ablation_task
-from tasks.heldout import STAGES_READ, heldout_task
+from tasks.heldout import heldout_task
 from tasks.pretrain import pretrain_task
 from tasks.proxy_eval import proxy_eval_task
 from tasks.stage import RunContext
@@ -55,7 +55,6 @@ from tasks.stage import RunContext
 PREFECT_FLOW = "pretrain-pipeline"
 FLOW_NAME = "ablation"
 BASE_SCOPE = "base"
-HELD_OUT_DEFAULTS = {"stage": "langid", "max_bytes_per_source": 200_000}
 DATA_STAGES = frozenset(PIPELINE_STAGES[: PIPELINE_STAGES.index("mixture") + 1])
 BASE_STAGES = frozenset({*PIPELINE_STAGES[: PIPELINE_STAGES.index("tokenizer") + 1], "heldout", "ablation"})
 DATA_COST_STAGES = ("ingest", "clean", "langid", "dedup", "filter", "tokenizer", "tokens", "mixture")
@@ -80,19 +79,17 @@ class Plan:
 
 
 def plan_ablation(recipes_path: str | Path, overrides: dict[str, Any] | None = None) -> Plan:
-    """Load and validate the recipe file and every (recipe, seed) config; raises ConfigError (RecipeError)
-    naming the file, the recipe and the key before any work."""
+    """Load and validate the recipe file and every (recipe, seed) config; raises RecipeError naming the file,
+    the recipe and the key before any work. `overrides` join the file's base_overrides (checked alike)."""
     ablation = load_ablation(recipes_path)
     if overrides:
+        for key in overrides:
+            check_base_key(ablation.path, key)
         ablation = dataclasses.replace(ablation, base_overrides={**ablation.base_overrides, **overrides})
     base = recipe_config(ablation, Recipe(BASE_SCOPE, {}), ablation.seeds[0])
     configs = {(recipe.name, seed): recipe_config(ablation, recipe, seed)
                for recipe in ablation.recipes for seed in ablation.seeds}
-    held_out = {**HELD_OUT_DEFAULTS, **(ablation.held_out or {})}
-    if held_out["stage"] not in STAGES_READ:
-        raise ConfigError(f"{ablation.path}: held_out.stage: {held_out['stage']!r} is not allowed; allowed: "
-                          f"{list(STAGES_READ)}")
-    return Plan(ablation, base, configs, held_out)
+    return Plan(ablation, base, configs, dict(ablation.held_out))
 
 
 def preflight_ablation(recipes_path: str | Path, overrides: dict[str, Any] | None = None) -> Plan:
@@ -111,11 +108,10 @@ def preflight_ablation(recipes_path: str | Path, overrides: dict[str, Any] | Non
 
 
 def definition(plan: Plan) -> dict:
-    """What the ablation compares, as recorded and versioned in the ablation artifact."""
-    ablation = plan.ablation
-    return {"recipes": {recipe.name: recipe.overrides for recipe in ablation.recipes}, "seeds": list(ablation.seeds),
-            "proxy_model": ablation.proxy_model, "budget_tokens": ablation.budget_tokens,
-            "proxy_train": ablation.proxy_train, "held_out": plan.held_out, "tasks": list(ablation.tasks)}
+    """What the ablation compares, as recorded and versioned in the ablation artifact (where the base config
+    lies and its overrides are not: what they change reaches the ablation through its inputs' versions)."""
+    described = plan.ablation.to_json()
+    return {key: value for key, value in described.items() if key not in ("base_config", "base_overrides")}
 
 
 class ScopedRecorder:
@@ -131,13 +127,6 @@ class ScopedRecorder:
 
     def stage_failed(self, artifact: str, error: str) -> None:
         self.recorder.stage_failed(f"{self.scope}:{artifact}", error)
-
-
-def with_tokenizer(config: PipelineConfig, path: Path, base_dir: Path) -> PipelineConfig:
-    """The config with `tokenizer.path` set to the ablation's fixed tokenizer."""
-    raw = config.model_dump(mode="json")
-    raw["tokenizer"]["path"] = str(path)
-    return validate_config(raw, origin="ablation", base_dir=base_dir)
 
 
 def fixed_tokenizer(store: ObjectStore, manifest: dict, directory: Path) -> Path:
@@ -165,30 +154,68 @@ def manifest_of(store: ObjectStore, result: dict) -> dict:
     return read_manifest(store, result["artifact"], result["version"])
 
 
-def run_entry(store: ObjectStore, recipe: str, seed: int, config: PipelineConfig, data: dict[str, dict],
-              model: dict, scores: dict, heldout: dict, cached: list[dict]) -> dict:
-    """One (recipe, seed) entry of results.json's runs (tasks/ablation_report.py's interface)."""
-    manifests = {name: manifest_of(store, result) for name, result in data.items()}
-    general = [f"tokens/{source}" for source in config.general_sources()]
-    model_manifest, eval_manifest = manifest_of(store, model), manifest_of(store, scores)
+@dataclass
+class Built:
+    """What one (recipe, seed) of the flow produced: the recipe's data stages' results, the proxy and its scores."""
 
-    def cpu(manifest: dict) -> float:
-        return float(manifest.get("summary", {}).get("cpu_s") or 0.0)
+    recipe: str
+    seed: int
+    config: PipelineConfig
+    data: dict[str, dict]
+    model: dict
+    scores: dict
 
-    return {
-        "recipe": recipe, "seed": seed,
-        "metrics": eval_manifest["summary"]["metrics"],
-        "documents": sum(manifests[name]["counts"]["splits"]["train"]["documents"] for name in general),
-        "tokens": sum(manifests[name]["counts"]["splits"]["train"]["tokens"] for name in general),
-        "train_flops": float(model_manifest["summary"]["flops"]),
-        "data_cpu_s": round(sum(cpu(m) for name, m in manifests.items() if name.split("/")[0] in DATA_COST_STAGES), 3),
-        "train_cpu_s": cpu(model_manifest),
-        "cached_cpu_s": round(sum(cpu(manifest_of(store, result)) for result in cached), 3),
-        "model": {"artifact": model["artifact"], "version": model["version"]},
-        "eval": {"artifact": scores["artifact"], "version": scores["version"]},
-        "lineage": {**{name: result["version"] for name, result in sorted(data.items())},
-                    "pretrain": model["version"], "proxy-eval": scores["version"], "heldout": heldout["version"]},
-    }
+
+def cpu_of(manifest: dict) -> float:
+    return float(manifest.get("summary", {}).get("cpu_s") or 0.0)
+
+
+def run_entries(store: ObjectStore, built: list[Built], heldout: dict, record: dict) -> list[dict]:
+    """results.json's runs (tasks/ablation_report.py's interface), with the costs of what this flow run did: a
+    stage this run executed is charged (its CPU seconds) to the first recipe that reads it — data_cpu_s, or
+    train_cpu_s for the proxy — and counts as saved (cached_cpu_s) for every later one; a stage that was
+    already committed before the run counts as saved for every recipe that reads it. The data stages count
+    with a recipe's first seed (the other seeds read the same artifacts)."""
+    executed = {(stage["artifact"], stage["version"]) for stage in record["stages"].values()
+                if stage.get("status") == "executed"}
+    charged: set[tuple[str, str]] = set()
+
+    def charge(result: dict) -> tuple[float, float]:
+        """(spent, saved) CPU seconds of one stage for the entry reading it."""
+        key = (result["artifact"], result["version"])
+        cpu = cpu_of(manifest_of(store, result))
+        if key in executed and key not in charged:
+            charged.add(key)
+            return cpu, 0.0
+        return 0.0, cpu
+
+    runs, seen = [], set()
+    for item in built:
+        manifests = {name: manifest_of(store, result) for name, result in item.data.items()}
+        general = [f"tokens/{source}" for source in item.config.general_sources()]
+        data_cpu = saved = 0.0
+        if item.recipe not in seen:
+            seen.add(item.recipe)
+            for name in sorted(item.data):
+                if name.split("/")[0] in DATA_COST_STAGES:
+                    spent, kept = charge(item.data[name])
+                    data_cpu, saved = data_cpu + spent, saved + kept
+        train_cpu, kept = charge(item.model)
+        model = manifest_of(store, item.model)
+        runs.append({
+            "recipe": item.recipe, "seed": item.seed,
+            "metrics": manifest_of(store, item.scores)["summary"]["metrics"],
+            "documents": sum(manifests[name]["counts"]["splits"]["train"]["documents"] for name in general),
+            "tokens": sum(manifests[name]["counts"]["splits"]["train"]["tokens"] for name in general),
+            "train_flops": float(model["summary"]["flops"]),
+            "data_cpu_s": round(data_cpu, 3), "train_cpu_s": round(train_cpu, 3), "cached_cpu_s": round(saved + kept, 3),
+            "model": {"artifact": item.model["artifact"], "version": item.model["version"]},
+            "eval": {"artifact": item.scores["artifact"], "version": item.scores["version"]},
+            "lineage": {**{name: result["version"] for name, result in sorted(item.data.items())},
+                        "pretrain": item.model["version"], "proxy-eval": item.scores["version"],
+                        "heldout": heldout["version"]},
+        })
+    return runs
 
 
 @flow(name=PREFECT_FLOW, log_prints=True, validate_parameters=True)
@@ -205,7 +232,7 @@ def ablation(recipes_path: str = "ablations/sample.yaml", overrides: dict[str, A
         return RunContext(config=config, store=store, base_dir=plan.base_dir, run_id=run_id,
                           recorder=ScopedRecorder(recorder, scope), only=only)  # type: ignore[arg-type]
 
-    runs: list[dict] = []
+    built: list[Built] = []
     with cluster_session(plan.base.cluster, log=logger.info), tempfile.TemporaryDirectory(prefix="ablation-") as tmp:
         # The base config: the fixed held-out set and the fixed tokenizer.
         base_ctx = context(plan.base, BASE_SCOPE, BASE_STAGES)
@@ -223,15 +250,14 @@ def ablation(recipes_path: str = "ablations/sample.yaml", overrides: dict[str, A
 
         for recipe in ablation_def.recipes:
             seeds = ablation_def.seeds
-            configs = {seed: with_tokenizer(plan.configs[(recipe.name, seed)], tokenizer, plan.base_dir)
+            configs = {seed: recipe_config(ablation_def, recipe, seed, fixed_overrides={"tokenizer.path": str(tokenizer)})
                        for seed in seeds}
             data_ctx = context(configs[seeds[0]], recipe.name, DATA_STAGES)
             states = run_pipeline(data_ctx)
             tokens = {source: f"tokens/{source}" for source in configs[seeds[0]].general_sources()}
             check(states, recipe.name, recorder, ["mixture", "tokenizer", *tokens.values()])
             data = {name: state.result() for name, state in states.items()}
-            cached_data = [result for result in data.values() if result["status"] == "cached"]
-            for position, seed in enumerate(seeds):
+            for seed in seeds:
                 scope = f"{recipe.name}/seed{seed}"
                 seed_ctx = context(configs[seed], scope, None)
                 model = pretrain_task(seed_ctx, data["mixture"], data["tokenizer"],
@@ -240,10 +266,9 @@ def ablation(recipes_path: str = "ablations/sample.yaml", overrides: dict[str, A
                 scores = proxy_eval_task(seed_ctx, scope, list(ablation_def.tasks), model.result(), heldout,
                                          return_state=True)
                 check({"proxy-eval": scores}, scope, recorder, [])
-                cached = [r for r in (model.result(), scores.result()) if r["status"] == "cached"]
-                runs.append(run_entry(store, recipe.name, seed, configs[seed], data, model.result(), scores.result(),
-                                      heldout, cached + (cached_data if position == 0 else [])))
+                built.append(Built(recipe.name, seed, configs[seed], data, model.result(), scores.result()))
 
+        runs = run_entries(store, built, heldout, recorder.record)
         title = Path(recipes_path).name
         result_state = ablation_task(base_ctx, definition(plan), runs, heldout, title,
                                      ablation_def.recipes[0].name, return_state=True)

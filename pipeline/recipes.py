@@ -17,7 +17,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -125,12 +125,14 @@ class _Strict(BaseModel):
 
 
 class HeldOutSpec(_Strict):
-    """The fixed held-out set every proxy is scored on (bits per byte, perplexity): documents chosen by a
-    hash of their id, left out of every recipe's training data."""
+    """The fixed held-out set every proxy is scored on (bits per byte, perplexity): the documents of the base
+    config's `stage` whose id the tokenize stage's hash puts in the validation split (`tokenize.val_fraction`,
+    fixed), so no recipe trains on them (tasks/heldout.py)."""
 
-    fraction: float = Field(0.05, gt=0, lt=0.5, description="share of the documents held out, by a hash of the id")
+    stage: Literal["clean", "langid", "filter"] = Field(
+        "langid", description="the base config's stage the held-out text is read from: clean or langid (before "
+                              "dedup and the quality filters, so no recipe's filters decide it), or filter")
     max_bytes_per_source: int = Field(200_000, ge=1, description="UTF-8 bytes of held-out text scored per source")
-    seed: int = Field(0, ge=0, description="salt of the hash that picks the held-out documents")
 
 
 class RecipeSpec(_Strict):
@@ -314,6 +316,11 @@ def _check_recipe_key(path: Path, name: str, key: str) -> None:
         if key == fixed or key.startswith(fixed + "."):
             raise RecipeError(f"{where}: {key} is fixed by the ablation ({why}): recipes may change "
                               f"{_allowed_text()}")
+
+
+def check_base_key(path: Path, key: str) -> None:
+    """A base override (the file's, or the flow's `overrides` parameter) may set any key but those the ablation sets."""
+    _check_base_key(path, key)
 
 
 def _check_base_key(path: Path, key: str) -> None:

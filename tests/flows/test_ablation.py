@@ -26,13 +26,14 @@ SEEDS = [0, 1]
 
 
 def write_recipes(path: Path, base: Path, recipes: dict, **extra) -> Path:
-    document = {"base_config": str(base), "seeds": SEEDS,
-                "proxy_model": {"family": "llama", "preset": "llama-tiny"},
+    document = {"base_config": str(base),
+                "recipes": [{"name": name, "overrides": overrides} for name, overrides in recipes.items()],
+                "seeds": SEEDS, "proxy_model": {"family": "llama", "preset": "llama-tiny"},
                 "budget_tokens": 6 * 2 * 64,  # 6 steps of 2 sequences of 64 tokens
                 "proxy_train": {"micro_batch": 2, "warmup_steps": 1, "checkpoint_every": 100, "eval_every": 0,
                                 "zero_stage": 0},
                 "held_out": {"stage": "langid", "max_bytes_per_source": 20_000},
-                "tasks": ["debian_cloze"], "recipes": recipes, **extra}
+                "tasks": ["debian_cloze"], **extra}
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
 

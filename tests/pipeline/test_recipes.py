@@ -60,7 +60,7 @@ def test_the_sample_recipe_file_loads():
     assert json.loads(json.dumps(described)) == described
     assert described["recipes"][2] == {"name": "dedup-off", "description": "neither exact nor near-duplicate removal",
                                        "overrides": {"dedup.exact": False, "dedup.near": False}}
-    assert described["held_out"] == {"fraction": 0.05, "max_bytes_per_source": 200000, "seed": 0}
+    assert described["held_out"] == {"stage": "langid", "max_bytes_per_source": 200000}
     config = recipe_config(ablation, "no-c4", 1)
     assert "c4" not in config.filter.rules and config.filter.rules[0] == "gopher_quality"
     assert recipe_config(ablation, "dedup-off", 0).dedup.near is False
@@ -168,9 +168,11 @@ def test_unknown_keys_name_what_is_allowed(tmp_path):
     message = _error(tmp_path, spec)
     assert "seed: unknown key; allowed keys here: base_config, base_overrides, recipes, seeds" in message
     spec = _valid()
-    spec["held_out"] = {"fractoin": 0.1}
-    assert "held_out.fractoin: unknown key; allowed keys here: fraction, max_bytes_per_source, seed" \
-        in _error(tmp_path, spec)
+    spec["held_out"] = {"fraction": 0.1}
+    assert "held_out.fraction: unknown key; allowed keys here: stage, max_bytes_per_source" in _error(tmp_path, spec)
+    spec = _valid()
+    spec["held_out"] = {"stage": "dedup"}
+    assert "held_out.stage" in _error(tmp_path, spec)
     spec = _valid()
     spec["recipes"][1]["override"] = {}
     assert "recipes.1.override: unknown key; allowed keys here: name, description, overrides" \
