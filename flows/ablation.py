@@ -11,7 +11,7 @@ data recipes compared with small proxy models under one fixed budget and one fix
 Every stage goes through the DAG machinery (flows/dag.py, tasks/stage.py): a stage's version is a hash
 of its config and inputs, so a stage two recipes share executes once and is Cached for the other, and a
 rerun of the same ablation is Cached from end to end. The run record (runs/<run id>.json) lists every
-stage under `<scope>:<artifact>` — scope `base` for the base config's stages, the recipe's name for its
+stage under `<scope>:<artifact>` — scope `_base` for the base config's stages, the recipe's name for its
 data stages, `<recipe>/seed<N>` for its proxy model and scores — with its version and whether it was
 executed or Cached.
 
@@ -54,7 +54,7 @@ from tasks.stage import RunContext
 # (a deployment is named <flow>/<deployment>); its run records say flow: ablation.
 PREFECT_FLOW = "pretrain-pipeline"
 FLOW_NAME = "ablation"
-BASE_SCOPE = "base"
+BASE_SCOPE = "_base"  # never a recipe's name (those start with a letter or digit)
 DATA_STAGES = frozenset(PIPELINE_STAGES[: PIPELINE_STAGES.index("mixture") + 1])
 BASE_STAGES = frozenset({*PIPELINE_STAGES[: PIPELINE_STAGES.index("tokenizer") + 1], "heldout", "ablation"})
 DATA_COST_STAGES = ("ingest", "clean", "langid", "dedup", "filter", "tokenizer", "tokens", "mixture")
