@@ -69,31 +69,10 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def cost_lines(summary: dict) -> list[str]:
-    """The cost per recipe as markdown table lines."""
-    lines = ["| recipe | training FLOPs | data CPU s | training CPU s | saved by Cached stages (CPU s) |",
-             "|---|---:|---:|---:|---:|"]
-    for recipe, cost in summary["cost"].items():
-        if recipe == "total" or not isinstance(cost, dict):
-            continue
-        lines.append(f"| {recipe} | {cost['train_flops']:.3g} | {cost['data_cpu_s']:.1f} | {cost['train_cpu_s']:.1f} "
-                     f"| {cost['cached_cpu_s_saved']:.1f} |")
-    total = summary["cost"].get("total")
-    if isinstance(total, dict):
-        lines.append(f"| **total** | {total.get('train_flops', 0):.3g} | {total.get('data_cpu_s', 0):.1f} | "
-                     f"{total.get('train_cpu_s', 0):.1f} | {total.get('cached_cpu_s_saved', 0):.1f} |")
-    return lines
-
-
 def report_markdown(summary: dict, title: str, plot_link: str | None = None) -> str:
-    """report.md: the table, the comparisons in words, the cost."""
-    lines = [f"# Ablation: {title}", "", ablation_report.markdown_table(summary), ""]
-    comparisons = summary.get("comparisons") or []
-    if comparisons:
-        lines += ["## Against the baseline", ""] + [f"- {entry['sentence']}" for entry in comparisons] + [""]
-    lines += ["A difference counts only where it exceeds the seed spread (max - min over seeds); small proxy "
-              "models are noisy, and a difference inside the spread is not evidence either way.", "",
-              "## Cost", ""] + cost_lines(summary)
+    """report.md: the table, the comparisons in words and the cost (tasks/ablation_report.py), and the plot."""
+    lines = [f"# Ablation: {title}", "", ablation_report.markdown_table(summary).rstrip(), "",
+             "Small proxy models are noisy: a difference inside the seed spread is not evidence either way."]
     if plot_link:
         lines += ["", f"![metrics per recipe]({plot_link})"]
     return "\n".join(lines) + "\n"
