@@ -22,7 +22,9 @@ import hashlib
 import json
 import logging
 import re
+import resource
 import subprocess
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,13 +117,27 @@ def upload_file(store: ObjectStore, prefix: str, relpath: str, local: Path, role
     return entry
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its children that ended and were waited for (a
+    trainer subprocess, a launcher's ranks)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 class ArtifactWriter:
-    """Writes one version of an artifact: files and finished units first, the manifest last."""
+    """Writes one version of an artifact: files and finished units first, the manifest last.
+
+    The manifest's summary gets `cpu_s`: the CPU seconds spent from the writer's creation to the commit in
+    this process and its waited-for subprocesses, plus `units_cpu_s` (what work units running in other
+    processes reported, pipeline/units.py). A stage runs alone in its flow run's process, so that is the
+    stage's cost (what the ablation reports, and what a Cached stage saved)."""
 
     def __init__(self, store: ObjectStore, spec: StageSpec):
         self.store = store
         self.spec = spec
         self.prefix = spec.prefix
+        self._cpu_started = cpu_seconds()
+        self.units_cpu_s = 0.0
         if store.exists(join_key(self.prefix, MANIFEST)):
             raise AlreadyCommitted(f"{store.uri(self.prefix)} is committed and immutable")
 
@@ -146,6 +162,8 @@ class ArtifactWriter:
 
     def commit(self, files: list[dict], counts: dict, *, summary: dict | None = None, build: dict | None = None) -> dict:
         """Write manifest.json with a conditional create; the artifact becomes visible now."""
+        summary = dict(summary or {})
+        summary.setdefault("cpu_s", round(cpu_seconds() - self._cpu_started + self.units_cpu_s, 3))
         manifest = {
             "schema": MANIFEST_SCHEMA,
             **self.spec.identity(),
@@ -153,7 +171,7 @@ class ArtifactWriter:
             "uri": self.store.uri(self.prefix),
             "files": sorted(files, key=lambda entry: entry["path"]),
             "counts": counts,
-            "summary": summary or {},
+            "summary": summary,
             "build": {**build_info(), **(build or {})},
         }
         if not self.store.put_bytes(join_key(self.prefix, MANIFEST), _pretty_json(manifest), if_absent=True):

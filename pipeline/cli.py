@@ -2,6 +2,7 @@
 
     pretrain-pipeline validate [-c pipeline.yaml] [--set KEY=VALUE ...]
     pretrain-pipeline run      [-c ...] [--set ...] [--only STAGE ...] [--force STAGE ...] [--refresh] [--json]
+    pretrain-pipeline ablate   RECIPES.yaml [--set KEY=VALUE ...] [--json]
     pretrain-pipeline artifacts list | show ARTIFACT [VERSION] | quarantine ARTIFACT [VERSION]
     pretrain-pipeline runs list | show RUN_ID
     pretrain-pipeline refresh history [--json]
@@ -95,6 +96,24 @@ def cmd_run(args) -> int:
 
         print("\n".join(summary_lines(read_run(_store(args), result["run_id"]), result["record"])))
     return 1 if result.get("status") == "failed" else 0
+
+
+def cmd_ablate(args) -> int:
+    """The ablation flow here; the whole recipe file (every recipe's config, every source) is checked first."""
+    from flows.ablation import ablation, preflight_ablation
+    from tasks.ablation import report_markdown
+
+    overrides = parse_overrides(args.set) or None
+    plan = preflight_ablation(args.recipes, overrides)
+    open_store(plan.base.storage)
+    result = ablation(recipes_path=args.recipes, overrides=overrides)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    print(report_markdown(result["summary"], Path(args.recipes).name).rstrip())
+    print(f"\nablation@{result['artifact']['version']} ({result['artifact']['status']}): {result['uri']}")
+    print(f"run record: {result['record']}")
+    return 0
 
 
 def cmd_artifacts(args) -> int:
@@ -407,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the flow's full result (every stage's record) as JSON instead of the summary")
     run.set_defaults(fn=cmd_run)
 
+    ablate = sub.add_parser("ablate", help="compare data recipes with proxy models (the ablation flow, here)")
+    ablate.add_argument("recipes", help="the recipe file, e.g. ablations/sample.yaml")
+    ablate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the base config of every recipe, e.g. --set storage.prefix=abl")
+    ablate.add_argument("--json", action="store_true", help="print the flow's result (summary, runs) as JSON")
+    ablate.set_defaults(fn=cmd_ablate)
+
     artifacts = with_config(sub.add_parser("artifacts", help="list artifacts, show a manifest or a quarantine"))
     artifacts.add_argument("action", choices=["list", "show", "quarantine"])
     artifacts.add_argument("artifact", nargs="?", help="e.g. ingest/web")
@@ -507,13 +533,14 @@ def user_error(exc: BaseException) -> int | None:
     line; None for anything else (a bug: its traceback is shown)."""
     from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 
+    from flows.ablation import AblationFailed
     from flows.pretrain_pipeline import PipelineFailed
     from .sources import SourceError
     from .storage import StoreError
 
     if isinstance(exc, (ConfigError, SourceError, NoCredentialsError, PartialCredentialsError)):
         return 2
-    if isinstance(exc, (PipelineFailed, StoreError)):
+    if isinstance(exc, (PipelineFailed, AblationFailed, StoreError)):
         return 1
     return None
 

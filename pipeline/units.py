@@ -136,6 +136,26 @@ def run_shard_stage(writer: ArtifactWriter, upstream: dict, work: Callable[[Any,
     return commit_units(writer, records, counts, started, **summary)
 
 
+class TimedUnit:
+    """`work(job, unit)` whose record also says the CPU seconds the unit took and the process it ran in
+    (`cpu`), so that the artifact's manifest can count the CPU its units spent in other processes.
+    `func` is the work function (the local pool preloads its module)."""
+
+    def __init__(self, work: Callable[[Any, Unit], dict], job: Any):
+        self.func, self.job = work, job
+
+    def __call__(self, unit: Unit) -> dict:
+        started = time.process_time()
+        record = self.func(self.job, unit)
+        return {**record, "cpu": {"seconds": round(time.process_time() - started, 3), "pid": os.getpid()}}
+
+
+def unit_cpu_elsewhere(record: dict) -> float:
+    """The CPU seconds of a unit that ran in another process (an in-process unit counts in the writer's own)."""
+    cpu = record.get("cpu") or {}
+    return cpu.get("seconds", 0.0) if cpu.get("pid") != os.getpid() else 0.0
+
+
 def run_units(writer: ArtifactWriter, units: Sequence[Unit], work: Callable[[Any, Unit], dict], job: Any, *,
               workers: int, name: str, progress: Callable[[str], None], every: float) -> list[dict]:
     """Do every unit not finished by an earlier attempt; returns all unit records in unit order."""
@@ -143,6 +163,7 @@ def run_units(writer: ArtifactWriter, units: Sequence[Unit], work: Callable[[Any
     for unit in units:
         if (previous := writer.finished_unit(unit.key)) is not None:
             records[unit.key] = previous
+            writer.units_cpu_s += unit_cpu_elsewhere(previous)
     todo = [unit for unit in units if unit.key not in records]
     progress(f"{name}: {len(units)} units, {sum(u.size for u in units) / MB:.1f} MB; "
              f"{len(records)} already done by an earlier attempt, {len(todo)} to do")
@@ -151,9 +172,10 @@ def run_units(writer: ArtifactWriter, units: Sequence[Unit], work: Callable[[Any
     def finished(unit: Unit, record: dict) -> None:
         writer.finish_unit(unit.key, record)
         records[unit.key] = record
+        writer.units_cpu_s += unit_cpu_elsewhere(record)
         reporter.unit_done(unit, record)
 
-    map_units(functools.partial(work, job), todo, workers, finished)
+    map_units(TimedUnit(work, job), todo, workers, finished)
     reporter.report(final=True)
     return [records[unit.key] for unit in units]
 

@@ -50,10 +50,7 @@ def reference(value: Any) -> Any:
 def run_training_stage(ctx: RunContext, stage: str, prepare: Prepare, inputs: dict[str, Any]) -> Any:
     """The body of a training stage's task: Cached, or built here, or built by a training flow run on the pool."""
     spec, build = prepare(ctx, **inputs)
-    remote = None
-    if ctx.config.train.work_pool:
-        def remote() -> dict:
-            return start_training_run(ctx, stage, spec, inputs)
+    remote = (lambda: start_training_run(ctx, stage, spec, inputs)) if ctx.config.train.work_pool else None
     result = execute_stage(ctx, spec, build, remote=remote)
     publish_curve(ctx.store, spec.prefix, stage)
     return result

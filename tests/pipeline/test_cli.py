@@ -235,3 +235,24 @@ def test_lineage_of_an_ingest_artifact_reaches_its_files(built, capsys, tmp_path
 
     with pytest.raises(SystemExit, match="'nothing' is neither a ref nor an artifact"):
         main(["lineage", "nothing", "-c", str(config_path)])
+
+
+def test_ablate_checks_the_whole_recipe_file_before_any_work(built, capsys, tmp_path):
+    """A recipe changing a fixed key, a missing source of a recipe's config: one line, exit 2, no flow run (the
+    ablation flow would start a Prefect server; these return before)."""
+    config_path, _ = built
+    recipes = {"base_config": str(config_path), "base_overrides": {"tokenize.seq_len": 64}, "seeds": [0, 1],
+               "proxy_model": {"preset": "llama-tiny"},
+               "budget_tokens": 4096, "recipes": [{"name": "base"}, {"name": "big-vocab",
+                                                                       "overrides": {"tokenizer.vocab_size": 512}}]}
+    path = tmp_path / "recipes.yaml"
+    path.write_text(yaml.safe_dump(recipes))
+    assert main(["ablate", str(path)]) == 2
+    line = one_error_line(capsys)
+    assert "recipe 'big-vocab': tokenizer.vocab_size is fixed by the ablation" in line
+    recipes["recipes"][1] = {"name": "no-dedup", "overrides": {"dedup.exact": False}}
+    path.write_text(yaml.safe_dump(recipes))
+    assert main(["ablate", str(path), "--set", "sources.docs.location=gone"]) == 2
+    assert one_error_line(capsys).startswith("error: sources.docs.location: gone does not exist")
+    assert main(["ablate", str(path), "--set", "train.lr=0.1"]) == 2
+    assert "train.lr is set by the ablation" in one_error_line(capsys)
