@@ -8,7 +8,6 @@ when it finishes, so an interrupted attempt resumes with the units still missing
 
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 import time
