@@ -14,7 +14,9 @@ export. Everything else follows from it:
   linear warmup, then cosine decay to `min_lr`;
 - the data: global step g reads sequences [g*B, (g+1)*B) of the order (B = micro_batch x accumulation
   x world size), each rank its own micro-batches; the step is in the checkpoint, so a resumed run reads
-  exactly what the uninterrupted one would have. A checkpoint written by another world size is refused;
+  exactly what the uninterrupted one would have. A checkpoint written by another world size is refused.
+  The shards are local files, or (`data.stream`) streamed from the artifact store through a bounded
+  cache with read-ahead (model/streaming.py) — the same batches either way;
 - metrics per step as JSON lines (loss, perplexity, learning rate, gradient norm, tokens/s, MFU, and every
   `eval_every` steps the validation loss); the metrics travel with each checkpoint, so a resumed run's
   history still starts at step 1. A NaN or infinite loss stops the run with an error, leaving the last
@@ -47,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .streaming import StreamingData
 
 # Dense bf16 TFLOP/s per GPU (datasheets, without sparsity), by a substring of torch.cuda.get_device_name().
 GPU_PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
@@ -143,6 +147,41 @@ class OrderedData:
         masks = np.stack([self.masks[s][r] if self.masks[s] is not None else self.rows[s][r] != self.pad_id
                           for s, r in pairs]).astype(np.uint8)
         return rows, masks
+
+
+def open_data(data: dict, settings: dict, rank: int, world: int, step: int):
+    """(training data, validation data or None): over local shards (`data.shards`, `data.val_shards`), or
+    streamed from the artifact store through a bounded cache (`data.stream`: model/streaming.py), this rank's
+    micro-batches from `step` on."""
+    if "stream" not in data:
+        validation = OrderedData(data["val_shards"], None, data["pad_id"]) if data.get("val_shards") else None
+        return OrderedData(data["shards"], data["order"], data["pad_id"]), validation
+    import importlib
+
+    import pyarrow as pa
+
+    from .streaming import PreloadedRows, ShardCache
+
+    stream = data["stream"]
+    module, name = stream["reader"].split(":")
+    reader = getattr(importlib.import_module(module), name)(stream["store"])
+    directory = Path(stream["cache_dir"]) / f"rank{rank}"
+    validation = None
+    if stream.get("val_shards") and settings.get("eval_every"):
+        val_cache = ShardCache(reader, stream["val_shards"], directory / "val", stream["cache_bytes"])
+        validation = PreloadedRows(val_cache, [shard["sequences"] for shard in stream["val_shards"]],
+                                   settings.get("eval_sequences", 64), data["pad_id"])
+        for shard in list(val_cache.cached):  # the rows are in memory now
+            val_cache.evict(shard)
+        val_cache.close()
+    order = pa.ipc.open_file(pa.memory_map(data["order"])).read_all()
+    micro, accum = settings["micro_batch"], settings["grad_accum"]
+    plan = (micro_positions(later, micro, index, rank, world, accum)
+            for later in range(step, settings["steps"]) for index in range(accum))
+    cache = ShardCache(reader, stream["shards"], directory / "train", stream["cache_bytes"])
+    return StreamingData(cache, order.column("shard").to_numpy().astype(np.int64),
+                         order.column("row").to_numpy().astype(np.int64), data["pad_id"], plan,
+                         lookahead=stream.get("lookahead", 8)), validation
 
 
 def micro_positions(step: int, micro: int, accum_index: int, rank: int, world: int, accum: int) -> np.ndarray:
@@ -358,8 +397,6 @@ def train(spec: dict) -> dict:
                                                    config=deepspeed_config(settings, world))
     schedule = Schedule(settings["lr"], settings["min_lr"], settings["warmup_steps"], settings["steps"])
     pad_id = data_spec["pad_id"]
-    data = OrderedData(data_spec["shards"], data_spec["order"], pad_id)
-    validation = OrderedData(data_spec["val_shards"], None, pad_id) if data_spec.get("val_shards") else None
     checkpoints = Path(out["checkpoints"])
     metrics_path = Path(out["metrics"])
     geometry = {"world_size": world, "micro_batch": settings["micro_batch"], "grad_accum": settings["grad_accum"]}
@@ -380,6 +417,7 @@ def train(spec: dict) -> dict:
             history_path = checkpoints / tag / "metrics.jsonl"
         if rank == 0:
             print(f"resumed from {checkpoints} at step {step}", flush=True)
+    data, validation = open_data(data_spec, settings, rank, world, step)
     history = read_metrics(history_path, up_to_step=step)
     if rank == 0:  # a resume keeps the history up to its checkpoint, and nothing after it
         metrics_path.write_text("".join(json.dumps(record) + "\n" for record in history))
@@ -433,6 +471,11 @@ def train(spec: dict) -> dict:
                             rank)
         if stop_here:
             break
+    if isinstance(data, StreamingData):
+        data.close()
+        stream = {"first_batch_s": round(data.first_batch_seconds or 0.0, 3), **data.cache.stats}
+        if rank == 0:
+            print(json.dumps({"stream": stream}), flush=True)
     dist.barrier()
     summary = {"steps": step, "final_loss": last_loss, "parameters": parameters, "world_size": world,
                "complete": step >= settings["steps"], "flops_per_token": per_token,

@@ -600,6 +600,11 @@ class TrainConfig(Section):
     )
     work_dir: str | None = Field(None, json_schema_extra=UNVERSIONED,
                                  description="local space for token shards and checkpoints; default: system temp")
+    stream: bool = Field(True, json_schema_extra=UNVERSIONED,
+                         description="read the token shards from the artifact store while training, through a "
+                                     "bounded cache per rank (cache_gb); false: download them all before the first step")
+    cache_gb: float = Field(20.0, gt=0, json_schema_extra=UNVERSIONED,
+                            description="local disk for streamed token shards, per rank (at least the largest shard)")
 
     @field_validator("hostfile")
     @classmethod

@@ -31,9 +31,11 @@ import pyarrow as pa
 
 from model.sizing import chinchilla_tokens, count_parameters, flops_per_token
 from model.train import free_port
-from pipeline.artifacts import ArtifactWriter, fetch_verified, files_with_role, read_manifest, sha256_file
+from pipeline.artifacts import (ArtifactWriter, artifact_prefix, fetch_verified, files_with_role, read_manifest,
+                                sha256_file)
 from pipeline.config import TrainConfig
 from pipeline.storage import NotFound, ObjectStore, join_key
+from pipeline.storage.remote import READER, reader_settings
 from pipeline.units import report_fraction, text_bar
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,15 +97,49 @@ def val_shards(tokens: list[dict]) -> list[dict]:
             if entry.get("split") == "val" and entry.get("sequences")]
 
 
-def fetch_data(store: ObjectStore, mixture: dict, work: Path, validation: list[dict] | None = None) -> dict:
-    """The token shards a mixture's order points at, the order, and the validation shards, downloaded and verified."""
-    paths = fetch_token_shards(store, mixture["summary"]["shards"], work / "shards")
+def shard_entries(store: ObjectStore, shards: list[dict]) -> list[dict]:
+    """Where the token files (each {artifact, version, path}) are in the store, with their manifest's size,
+    sha256 and sequences: what the streaming loader reads and checks."""
+    manifests: dict[tuple[str, str], dict] = {}
+    entries = []
+    for shard in shards:
+        key = (shard["artifact"], shard["version"])
+        if key not in manifests:
+            manifests[key] = read_manifest(store, *key)
+        [entry] = [e for e in manifests[key]["files"] if e["path"] == shard["path"]]
+        entries.append({"key": join_key(artifact_prefix(*key), entry["path"]), "bytes": entry["bytes"],
+                        "sha256": entry["sha256"], "sequences": entry.get("sequences", 0)})
+    return entries
+
+
+def training_data(store: ObjectStore, settings: TrainConfig, shards: list[dict], order_path: Path, seq_len: int,
+                  pad_id: int, validation: list[dict], work: Path) -> dict:
+    """The run spec's data: with `train.stream`, where the shards are in the store (each rank reads them while
+    training, through a cache of `train.cache_gb`); otherwise the shards downloaded and verified now."""
+    data = {"order": str(order_path), "seq_len": seq_len, "pad_id": pad_id}
+    if not settings.stream:
+        return {**data, "shards": fetch_token_shards(store, shards, work / "shards"),
+                "val_shards": fetch_token_shards(store, validation, work / "val")}
+    entries, val_entries = shard_entries(store, shards), shard_entries(store, validation)
+    limit = int(settings.cache_gb * 1e9)
+    largest = max(entries + val_entries, key=lambda entry: entry["bytes"])
+    if largest["bytes"] > limit:
+        raise ValueError(f"train.cache_gb {settings.cache_gb:g} is smaller than the token shard {largest['key']} "
+                         f"({largest['bytes'] / 1e9:.3g} GB): raise it, or lower tokenize.shard_max_sequences")
+    return {**data, "stream": {"reader": READER, "store": reader_settings(store), "shards": entries,
+                               "val_shards": val_entries, "cache_dir": str(work / "cache"), "cache_bytes": limit}}
+
+
+def fetch_data(store: ObjectStore, mixture: dict, work: Path, validation: list[dict] | None = None,
+               settings: TrainConfig | None = None) -> dict:
+    """The data of a mixture's order for the run spec: the order downloaded, the token shards it points at and
+    the validation shards streamed or downloaded (`train.stream`)."""
     [order] = list(files_with_role(mixture, "order"))
     order_path = fetch_verified(store, mixture, order, work)
     first = mixture["summary"]["shards"][0]
-    return {"shards": paths, "order": str(order_path), "seq_len": mixture["summary"]["seq_len"],
-            "pad_id": read_manifest(store, first["artifact"], first["version"])["summary"]["pad_id"],
-            "val_shards": fetch_token_shards(store, validation or [], work / "val")}
+    pad_id = read_manifest(store, first["artifact"], first["version"])["summary"]["pad_id"]
+    return training_data(store, settings or TrainConfig(stream=False), mixture["summary"]["shards"], order_path,
+                         mixture["summary"]["seq_len"], pad_id, validation or [], work)
 
 
 def launch_command(settings: TrainConfig, spec_path: Path, port: int) -> list[str]:
@@ -196,7 +232,7 @@ class TrainingJob:
     settings: TrainConfig
     model_config: dict   # the transformers config (with model_type) of the model trained
     steps: int
-    data: dict           # shards, order, seq_len, pad_id, val_shards (local paths)
+    data: dict           # order, seq_len, pad_id; shards and val_shards (local paths) or stream (training_data)
     init: str | None = None   # a local HF directory to start from (else: initialised from model_config)
     lora: dict | None = None  # rank, alpha, dropout, targets
 
