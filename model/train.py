@@ -406,11 +406,13 @@ def train(spec: dict) -> dict:
         saved = torch.load(checkpoints / tag / "client_state.pt", weights_only=True) \
             if (checkpoints / tag / "client_state.pt").is_file() else None
         if saved is not None and saved.get("geometry", geometry) != geometry:
+            old = saved["geometry"]
             raise IncompatibleResume(
-                f"checkpoint {tag} was written by {saved['geometry']['world_size']} rank(s) x micro-batch "
-                f"{saved['geometry']['micro_batch']} x accumulation {saved['geometry']['grad_accum']}; this run has "
-                f"{world} x {settings['micro_batch']} x {settings['grad_accum']}. Resuming would skip or repeat "
-                f"sequences: rerun with the same train.processes/micro_batch/grad_accum, or start a new version")
+                f"checkpoint {tag} was written with world size {old['world_size']} (micro-batch "
+                f"{old['micro_batch']}, accumulation {old['grad_accum']}); this run has world size {world} "
+                f"(micro-batch {settings['micro_batch']}, accumulation {settings['grad_accum']}). Resuming would "
+                f"skip or repeat sequences: rerun with the same ranks (train.processes, the hostfile's slots), "
+                f"micro_batch and grad_accum, or start a new version")
         _, client = engine.load_checkpoint(str(checkpoints))
         step = client["step"]
         if (checkpoints / tag / "metrics.jsonl").is_file():  # the history travels with the checkpoint
@@ -468,7 +470,7 @@ def train(spec: dict) -> dict:
         stop_here = step == settings.get("stop_at_step")
         if step % settings["checkpoint_every"] == 0 or step == settings["steps"] or stop_here:
             save_checkpoint(engine, checkpoints, step, geometry, metrics_path, settings.get("keep_checkpoints") or 0,
-                            rank)
+                            rank, out.get("outbox"))
         if stop_here:
             break
     if isinstance(data, StreamingData):
@@ -486,10 +488,23 @@ def train(spec: dict) -> dict:
     return summary
 
 
+def link_tree(source: Path, target: Path) -> None:
+    """Hard links of a directory's files under `target` (copies where links are not possible)."""
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, destination)
+            except OSError:
+                shutil.copy2(path, destination)
+
+
 def save_checkpoint(engine, checkpoints: Path, step: int, geometry: dict, metrics_path: Path, keep: int,
-                    rank: int) -> None:
+                    rank: int, outbox: str | None = None) -> None:
     """A DeepSpeed checkpoint with the step, the batch geometry and the metrics so far; the oldest beyond
-    `keep` (0: all) are deleted. Rank 0 announces it on stdout (the launching task uploads it)."""
+    `keep` (0: all) are deleted. Rank 0 announces it on stdout; with an `outbox`, it first links the
+    checkpoint's files there, and the launching task uploads them from there while training goes on."""
     import torch
     import torch.distributed as dist
 
@@ -500,6 +515,8 @@ def save_checkpoint(engine, checkpoints: Path, step: int, geometry: dict, metric
     if rank == 0:
         torch.save({"step": step, "geometry": geometry}, checkpoints / tag / "client_state.pt")
         shutil.copy(metrics_path, checkpoints / tag / "metrics.jsonl")
+        if outbox is not None:  # a snapshot for the uploader: pruning below cannot take files it has not sent yet
+            link_tree(checkpoints / tag, Path(outbox) / tag)
         tags = sorted(path.name for path in checkpoints.glob("step*") if path.is_dir())
         if keep:
             for old in tags[:-keep]:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -167,10 +169,13 @@ class CheckpointSync:
     def __init__(self, store: ObjectStore, prefix: str, local: Path):
         self.store, self.prefix, self.local = store, join_key(prefix, "checkpoints"), local
 
-    def upload(self, tag: str, pruned: list[str] = ()) -> None:
-        for path in sorted((self.local / tag).rglob("*")):
+    def upload(self, tag: str, pruned: list[str] = (), source: Path | None = None) -> None:
+        """The checkpoint's files (from `source`, default the local checkpoint), then `latest`, then the pruned
+        ones deleted."""
+        source = source or self.local / tag
+        for path in sorted(source.rglob("*")):
             if path.is_file():
-                self.store.put_file(join_key(self.prefix, tag, path.relative_to(self.local / tag).as_posix()), path)
+                self.store.put_file(join_key(self.prefix, tag, path.relative_to(source).as_posix()), path)
         self.store.put_bytes(join_key(self.prefix, "latest"), tag.encode())  # written last: the tag is complete
         for old in pruned:  # after `latest` moved on: a crash in between leaves an extra checkpoint, never none
             for key in list(self.store.list(join_key(self.prefix, old) + "/")):
@@ -200,6 +205,49 @@ class CheckpointSync:
                                     "role": "checkpoint", "bytes": path.stat().st_size, "sha256": sha256_file(path),
                                     "tag": tag})
         return entries
+
+
+class CheckpointUploader:
+    """Uploads the checkpoints the trainer announces on a background thread, one after the other in the order
+    announced, while training goes on; each from the outbox snapshot the trainer linked (removed once sent)."""
+
+    def __init__(self, sync: CheckpointSync, outbox: Path):
+        self.sync, self.outbox = sync, outbox
+        self.pending: queue.Queue = queue.Queue()
+        self.stored: queue.Queue = queue.Queue()  # tags sent, for the log (the caller reports them)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="checkpoint-upload", daemon=True)
+        self.thread.start()
+
+    def submit(self, announced: dict) -> None:
+        self.pending.put(announced)
+
+    def _run(self) -> None:
+        while (announced := self.pending.get()) is not None:
+            if self.error is not None:
+                continue  # after a failure nothing later is sent: `latest` never points past a missing tag
+            tag = announced["checkpoint"]
+            try:
+                self.sync.upload(tag, announced.get("pruned", []), source=self.outbox / tag)
+                shutil.rmtree(self.outbox / tag, ignore_errors=True)
+                self.stored.put(tag)
+            except BaseException as exc:  # noqa: BLE001 - raised by finish()
+                self.error = exc
+
+    def drain(self) -> list[str]:
+        """Tags stored since the last call."""
+        tags = []
+        while not self.stored.empty():
+            tags.append(self.stored.get())
+        return tags
+
+    def finish(self) -> list[str]:
+        """Wait until everything announced is stored; the tags stored since the last drain."""
+        self.pending.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"a checkpoint upload failed: {self.error}") from self.error
+        return self.drain()
 
 
 def loss_curve(metrics: list[dict], path: Path, title: str) -> None:
@@ -242,12 +290,13 @@ class TrainingJob:
         return {"model": {"config": self.model_config, "init": self.init}, "data": self.data, "train": train,
                 "resume": True, "lora": self.lora,
                 "out": {"metrics": str(work / "metrics.jsonl"), "checkpoints": str(work / "checkpoints"),
-                        "export": str(work / "hf")}}
+                        "outbox": str(work / "outbox"), "export": str(work / "hf")}}
 
 
 def run_training(job: TrainingJob, store: ObjectStore, prefix: str, work: Path,
                  progress: Callable[[str], None]) -> tuple[list[dict], CheckpointSync]:
-    """Train (resuming from a checkpoint stored under `prefix` by an earlier attempt); the metrics of every step."""
+    """Train (resuming from a checkpoint stored under `prefix` by an earlier attempt); the metrics of every step.
+    Each checkpoint is uploaded as soon as the trainer announces it, while the next steps run."""
     sync = CheckpointSync(store, prefix, work / "checkpoints")
     (work / "checkpoints").mkdir(exist_ok=True)
     if (tag := sync.restore()) is not None:
@@ -260,28 +309,44 @@ def run_training(job: TrainingJob, store: ObjectStore, prefix: str, work: Path,
     progress(f"{job.phase}: " + " ".join(command))
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, bufsize=1)
+    uploader = CheckpointUploader(sync, work / "outbox")
+    try:
+        tail, errors = follow_trainer(job, process, uploader, progress)
+    finally:
+        for tag in uploader.finish():  # what was announced is stored, even when the trainer failed (a retry resumes)
+            progress(f"{job.phase}: checkpoint {tag} stored")
+    if process.wait() != 0:
+        if errors:  # the trainer's own one-line reason (divergence, an incompatible resume)
+            raise RuntimeError(f"{job.phase}: {errors[-1]}")
+        raise RuntimeError(f"{job.phase}: training failed (exit {process.returncode}); last output:\n" + "\n".join(tail))
+    metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    return metrics, sync
+
+
+def follow_trainer(job: TrainingJob, process: subprocess.Popen, uploader: CheckpointUploader,
+                   progress: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """The trainer's output into `progress` (steps as a bar), its checkpoints to the uploader; (the last lines,
+    the trainer's one-line errors: kept apart, since a launcher's report on the failed ranks can be longer
+    than the tail)."""
     tail: list[str] = []
+    errors: list[str] = []
     assert process.stdout is not None
     for line in process.stdout:
         line = line.rstrip()
         tail = (tail + [line])[-40:]
+        if line.startswith("error: "):
+            errors.append(line.removeprefix("error: "))
+        for tag in uploader.drain():
+            progress(f"{job.phase}: checkpoint {tag} stored")
         if line.startswith('{"checkpoint"'):
-            announced = json.loads(line)
-            sync.upload(announced["checkpoint"], announced.get("pruned", []))
-            progress(f"{job.phase}: checkpoint {announced['checkpoint']} stored")
+            uploader.submit(json.loads(line))
         elif line.startswith('{"step"'):
             step = json.loads(line)["step"]
             progress(f"{job.phase}: {text_bar(step, job.steps)} step {step}/{job.steps} {line}")
             report_fraction(progress, step / job.steps)
         elif line.startswith(("{", "resumed", "error")) or "Traceback" in line:
             progress(line)
-    if process.wait() != 0:
-        errors = [line.removeprefix("error: ") for line in tail if line.startswith("error: ")]
-        if errors:  # the trainer's own one-line reason (divergence, an incompatible resume)
-            raise RuntimeError(f"{job.phase}: {errors[-1]}")
-        raise RuntimeError(f"{job.phase}: training failed (exit {process.returncode}); last output:\n" + "\n".join(tail))
-    metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-    return metrics, sync
+    return tail, errors
 
 
 def tokenizer_files(store: ObjectStore, tokenizer: dict, directory: Path) -> None:
