@@ -1,13 +1,16 @@
-"""What the training stages (pretrain, cpt, ift) share: planning, fetching token shards, launching
-model/train.py under DeepSpeed in a subprocess per rank, keeping its checkpoints in the artifact store,
-and exporting the result. Not a stage itself.
+"""What the training stages (pretrain, cpt, ift) share: planning, pointing the trainer at its token shards,
+launching model/train.py under DeepSpeed in a subprocess per rank, keeping its checkpoints in the artifact
+store, and exporting the result. Not a stage itself.
 
-`run_training` writes the run spec (the model's transformers config or starting checkpoint, local shards
-and order, optimisation, optional LoRA), launches `python -m model.train` directly (one process), through
-DeepSpeed's launcher (several, or a hostfile for several nodes) or torchrun, and streams every log line
-into the caller's progress function. Each checkpoint the trainer announces is uploaded into the
-uncommitted artifact under checkpoints/ (with the metrics so far), and the ones it pruned are deleted
-there, so a retried or rerun task downloads the latest one and resumes from it with its whole history.
+`training_data` gives the run spec's data: with `train.stream` the shards' keys, sizes and sha256 and the
+store's non-secret settings (each rank streams them through a bounded cache, model/streaming.py); otherwise
+the shards downloaded and verified before launch. `run_training` writes the run spec (the model's
+transformers config or starting checkpoint, the data, optimisation, optional LoRA), launches
+`python -m model.train` directly (one process), through DeepSpeed's launcher (several, or a hostfile for
+several nodes) or torchrun, and streams every log line into the caller's progress function. Each
+checkpoint the trainer announces is uploaded into the uncommitted artifact under checkpoints/ (with the
+metrics so far) by a background thread while training goes on, and the ones it pruned are deleted there,
+so a retried or rerun task downloads the latest one and resumes from it with its whole history.
 
 `export_model` puts into the artifact the HF directory the trainer wrote (hf/: config.json and fp32
 model.safetensors of the model's own family) completed with the tokenizer, the generation config (which
