@@ -75,6 +75,19 @@ def rows() -> list[tuple[str, str, str, str, str, str]]:
                     f"{figures['plain'].get('peak_rss_mb', float('nan')):.0f} MB)", "plain PyTorch loop, same batches",
                     f"{figures['plain']['tokens_per_s']:,.0f} tokens/s",
                     f"{1 / train['step_time_over_plain']['deepspeed_zero1']:.2f}"))
+    if stream := load("stream"):
+        by = {(r["scale"], r["mode"]): r for r in stream["results"]}
+        biggest = max(scale for scale, _ in by)
+        ours, full = by[(biggest, "streaming")], by[(biggest, "full download")]
+        out.append((f"training data, streamed ({biggest}x sample, cache {ours['cache_limit_mb']:g} MB)",
+                    f"first step after {ours['first_step_s']:.1f} s (data ready {ours['data_ready_s']:.2f} s)",
+                    f"{ours['peak_disk_mb']:.2f} MB on disk (1x: {by[(1, 'streaming')]['peak_disk_mb']:.2f} MB)"
+                    if (1, "streaming") in by else f"{ours['peak_disk_mb']:.2f} MB on disk",
+                    "full download before the first step",
+                    f"{full['first_step_s']:.1f} s (data ready {full['data_ready_s']:.2f} s), "
+                    f"{full['peak_disk_mb']:.2f} MB on disk",
+                    f"disk {ours['peak_disk_mb'] / full['peak_disk_mb']:.2f}; same losses: "
+                    f"{'yes' if ours['losses'] == full['losses'] else 'NO'}"))
     if pipeline := load("pipeline"):
         results = {(r["scale"], r["workers"]): r for r in pipeline["results"]}
         biggest = max(scale for scale, _ in results)

@@ -14,7 +14,9 @@ export. Everything else follows from it:
   linear warmup, then cosine decay to `min_lr`;
 - the data: global step g reads sequences [g*B, (g+1)*B) of the order (B = micro_batch x accumulation
   x world size), each rank its own micro-batches; the step is in the checkpoint, so a resumed run reads
-  exactly what the uninterrupted one would have. A checkpoint written by another world size is refused;
+  exactly what the uninterrupted one would have. A checkpoint written by another world size is refused.
+  The shards are local files, or (`data.stream`) streamed from the artifact store through a bounded
+  cache with read-ahead (model/streaming.py) — the same batches either way;
 - metrics per step as JSON lines (loss, perplexity, learning rate, gradient norm, tokens/s, MFU, and every
   `eval_every` steps the validation loss); the metrics travel with each checkpoint, so a resumed run's
   history still starts at step 1. A NaN or infinite loss stops the run with an error, leaving the last
@@ -47,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .streaming import StreamingData
 
 # Dense bf16 TFLOP/s per GPU (datasheets, without sparsity), by a substring of torch.cuda.get_device_name().
 GPU_PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
@@ -143,6 +147,41 @@ class OrderedData:
         masks = np.stack([self.masks[s][r] if self.masks[s] is not None else self.rows[s][r] != self.pad_id
                           for s, r in pairs]).astype(np.uint8)
         return rows, masks
+
+
+def open_data(data: dict, settings: dict, rank: int, world: int, step: int):
+    """(training data, validation data or None): over local shards (`data.shards`, `data.val_shards`), or
+    streamed from the artifact store through a bounded cache (`data.stream`: model/streaming.py), this rank's
+    micro-batches from `step` on."""
+    if "stream" not in data:
+        validation = OrderedData(data["val_shards"], None, data["pad_id"]) if data.get("val_shards") else None
+        return OrderedData(data["shards"], data["order"], data["pad_id"]), validation
+    import importlib
+
+    import pyarrow as pa
+
+    from .streaming import PreloadedRows, ShardCache
+
+    stream = data["stream"]
+    module, name = stream["reader"].split(":")
+    reader = getattr(importlib.import_module(module), name)(stream["store"])
+    directory = Path(stream["cache_dir"]) / f"rank{rank}"
+    validation = None
+    if stream.get("val_shards") and settings.get("eval_every"):
+        val_cache = ShardCache(reader, stream["val_shards"], directory / "val", stream["cache_bytes"])
+        validation = PreloadedRows(val_cache, [shard["sequences"] for shard in stream["val_shards"]],
+                                   settings.get("eval_sequences", 64), data["pad_id"])
+        for shard in list(val_cache.cached):  # the rows are in memory now
+            val_cache.evict(shard)
+        val_cache.close()
+    order = pa.ipc.open_file(pa.memory_map(data["order"])).read_all()
+    micro, accum = settings["micro_batch"], settings["grad_accum"]
+    plan = (micro_positions(later, micro, index, rank, world, accum)
+            for later in range(step, settings["steps"]) for index in range(accum))
+    cache = ShardCache(reader, stream["shards"], directory / "train", stream["cache_bytes"])
+    return StreamingData(cache, order.column("shard").to_numpy().astype(np.int64),
+                         order.column("row").to_numpy().astype(np.int64), data["pad_id"], plan,
+                         lookahead=stream.get("lookahead", 8)), validation
 
 
 def micro_positions(step: int, micro: int, accum_index: int, rank: int, world: int, accum: int) -> np.ndarray:
@@ -373,8 +412,6 @@ def train(spec: dict) -> dict:
     lead = reporting_rank(rank, world, engine.device)
     schedule = Schedule(settings["lr"], settings["min_lr"], settings["warmup_steps"], settings["steps"])
     pad_id = data_spec["pad_id"]
-    data = OrderedData(data_spec["shards"], data_spec["order"], pad_id)
-    validation = OrderedData(data_spec["val_shards"], None, pad_id) if data_spec.get("val_shards") else None
     checkpoints = Path(out["checkpoints"])
     metrics_path = Path(out["metrics"])
     geometry = {"world_size": world, "micro_batch": settings["micro_batch"], "grad_accum": settings["grad_accum"]}
@@ -384,17 +421,20 @@ def train(spec: dict) -> dict:
         saved = torch.load(checkpoints / tag / "client_state.pt", weights_only=True) \
             if (checkpoints / tag / "client_state.pt").is_file() else None
         if saved is not None and saved.get("geometry", geometry) != geometry:
+            old = saved["geometry"]
             raise IncompatibleResume(
-                f"checkpoint {tag} was written by {saved['geometry']['world_size']} rank(s) x micro-batch "
-                f"{saved['geometry']['micro_batch']} x accumulation {saved['geometry']['grad_accum']}; this run has "
-                f"{world} x {settings['micro_batch']} x {settings['grad_accum']}. Resuming would skip or repeat "
-                f"sequences: rerun with the same train.processes/micro_batch/grad_accum, or start a new version")
+                f"checkpoint {tag} was written with world size {old['world_size']} (micro-batch "
+                f"{old['micro_batch']}, accumulation {old['grad_accum']}); this run has world size {world} "
+                f"(micro-batch {settings['micro_batch']}, accumulation {settings['grad_accum']}). Resuming would "
+                f"skip or repeat sequences: rerun with the same ranks (train.processes, the hostfile's slots), "
+                f"micro_batch and grad_accum, or start a new version")
         _, client = engine.load_checkpoint(str(checkpoints))
         step = client["step"]
         if (checkpoints / tag / "metrics.jsonl").is_file():  # the history travels with the checkpoint
             history_path = checkpoints / tag / "metrics.jsonl"
         if rank == lead:
             print(f"resumed from {checkpoints} at step {step}", flush=True)
+    data, validation = open_data(data_spec, settings, rank, world, step)
     history = read_metrics(history_path, up_to_step=step)
     if rank == lead:  # a resume keeps the history up to its checkpoint, and nothing after it
         metrics_path.write_text("".join(json.dumps(record) + "\n" for record in history))
@@ -445,9 +485,14 @@ def train(spec: dict) -> dict:
         stop_here = step == settings.get("stop_at_step")
         if step % settings["checkpoint_every"] == 0 or step == settings["steps"] or stop_here:
             save_checkpoint(engine, checkpoints, step, geometry, metrics_path, settings.get("keep_checkpoints") or 0,
-                            rank == lead)
+                            rank == lead, out.get("outbox"))
         if stop_here:
             break
+    if isinstance(data, StreamingData):
+        data.close()
+        stream = {"first_batch_s": round(data.first_batch_seconds or 0.0, 3), **data.cache.stats}
+        if rank == lead:
+            print(json.dumps({"stream": stream}), flush=True)
     dist.barrier()
     summary = {"steps": step, "final_loss": last_loss, "parameters": parameters, "world_size": world,
                "complete": step >= settings["steps"], "flops_per_token": per_token,
@@ -460,10 +505,23 @@ def train(spec: dict) -> dict:
     return summary
 
 
+def link_tree(source: Path, target: Path) -> None:
+    """Hard links of a directory's files under `target` (copies where links are not possible)."""
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, destination)
+            except OSError:
+                shutil.copy2(path, destination)
+
+
 def save_checkpoint(engine, checkpoints: Path, step: int, geometry: dict, metrics_path: Path, keep: int,
-                    reporting: bool) -> None:
+                    reporting: bool, outbox: str | None = None) -> None:
     """A DeepSpeed checkpoint with the step, the batch geometry and the metrics so far; the oldest beyond
-    `keep` (0: all) are deleted. The reporting rank announces it on stdout (the launching task uploads it)."""
+    `keep` (0: all) are deleted. The reporting rank announces it on stdout; with an `outbox`, it first links the
+    checkpoint's files there, and the launching task uploads them from there while training goes on."""
     import torch
     import torch.distributed as dist
 
@@ -474,6 +532,8 @@ def save_checkpoint(engine, checkpoints: Path, step: int, geometry: dict, metric
     if reporting:
         torch.save({"step": step, "geometry": geometry}, checkpoints / tag / "client_state.pt")
         shutil.copy(metrics_path, checkpoints / tag / "metrics.jsonl")
+        if outbox is not None:  # a snapshot for the uploader: pruning below cannot take files it has not sent yet
+            link_tree(checkpoints / tag, Path(outbox) / tag)
         tags = sorted(path.name for path in checkpoints.glob("step*") if path.is_dir())
         if keep:
             for old in tags[:-keep]:

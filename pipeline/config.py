@@ -626,6 +626,12 @@ class TrainConfig(Section):
                     "pool's base job template declares)")
     concurrency_limit: ConcurrencyLimitConfig = Field(ConcurrencyLimitConfig(), json_schema_extra=UNVERSIONED)
 
+    stream: bool = Field(True, json_schema_extra=UNVERSIONED,
+                         description="read the token shards from the artifact store while training, through a "
+                                     "bounded cache per rank (cache_gb); false: download them all before the first step")
+    cache_gb: float = Field(20.0, gt=0, json_schema_extra=UNVERSIONED,
+                            description="local disk for streamed token shards, per rank (at least the largest shard)")
+
     @model_validator(mode="after")
     def _pool_settings_need_a_pool(self) -> "TrainConfig":
         for name in ("work_queue", "job_variables"):

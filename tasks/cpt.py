@@ -40,8 +40,8 @@ from .mixture import allocate, mixture_table, mixture_weights, sample_order, tra
 from .remote import run_training_stage
 from .stage import RunContext, upstream_manifest
 from .tokenizer import conventions
-from .training import (TrainingJob, describe_plan, export_model, fetch_token_shards, loss_summary, model_summary, plan,
-                       run_training, val_shards, write_order)
+from .training import (TrainingJob, describe_plan, export_model, loss_summary, model_summary, plan,
+                       run_training, training_data, val_shards, write_order)
 
 STAGE = "cpt"
 CODE_VERSION = "2"  # 2: any supported family from an HF directory; replay_fraction an upper bound
@@ -131,9 +131,8 @@ def run_cpt(settings: CptConfig, train: TrainConfig, mixture: MixtureConfig, sto
         planned = plan(start.config, seq_len, phase, len(order))
         progress(f"cpt: starting from {start.name}; " + describe_plan(STAGE, planned, seq_len))
         order_path = write_order(order, work / "order.arrow")
-        data = {"shards": fetch_token_shards(store, shards, work / "shards"), "order": str(order_path),
-                "seq_len": seq_len, "pad_id": conventions(tokenizer)["pad_id"],
-                "val_shards": fetch_token_shards(store, val_shards(list(domain.values())), work / "val")}
+        data = training_data(store, phase, shards, order_path, seq_len, conventions(tokenizer)["pad_id"],
+                             val_shards(list(domain.values())), work)
         job = TrainingJob(STAGE, phase, start.config, planned["steps"], data, init=str(init))
         metrics, sync = run_training(job, store, spec.prefix, work, progress)
         files = export_model(job, writer, store, tokenizer, work, metrics, sync)

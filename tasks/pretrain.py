@@ -64,7 +64,7 @@ def run_pretrain(settings: TrainConfig, model_size: dict, store: ObjectStore, sp
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="pretrain-") as scratch:
         work = Path(scratch)
         job = TrainingJob(STAGE, settings, config, planned["steps"],
-                          fetch_data(store, mixture, work, val_shards(validation or [])))
+                          fetch_data(store, mixture, work, val_shards(validation or []), settings))
         metrics, sync = run_training(job, store, spec.prefix, work, progress)
         files = export_model(job, writer, store, tokenizer, work, metrics, sync)
         described = model_summary(work / "hf")

@@ -1,14 +1,17 @@
-"""What the training stages (pretrain, cpt, ift) share: planning, fetching token shards, launching
-model/train.py under DeepSpeed in a subprocess per rank, keeping its checkpoints in the artifact store,
-and exporting the result. Not a stage itself.
+"""What the training stages (pretrain, cpt, ift) share: planning, pointing the trainer at its token shards,
+launching model/train.py under DeepSpeed in a subprocess per rank, keeping its checkpoints in the artifact
+store, and exporting the result. Not a stage itself.
 
-`run_training` writes the run spec (the model's transformers config or starting checkpoint, local shards
-and order, optimisation, optional LoRA), launches `python -m model.train` directly (one process), through
-DeepSpeed's launcher (several, or a hostfile for several nodes) or torchrun (one node, or node 0 of a c10d
-rendezvous whose other nodes run `pretrain-pipeline train-node`: model/launch.py), and streams every log line
-into the caller's progress function. Each checkpoint the trainer announces is uploaded into the
-uncommitted artifact under checkpoints/ (with the metrics so far), and the ones it pruned are deleted
-there, so a retried or rerun task downloads the latest one and resumes from it with its whole history.
+`training_data` gives the run spec's data: with `train.stream` the shards' keys, sizes and sha256 and the
+store's non-secret settings (each rank streams them through a bounded cache, model/streaming.py); otherwise
+the shards downloaded and verified before launch. `run_training` writes the run spec (the model's
+transformers config or starting checkpoint, the data, optimisation, optional LoRA), launches
+`python -m model.train` directly (one process), through DeepSpeed's launcher (several, or a hostfile for
+several nodes) or torchrun (one node, or node 0 of a c10d rendezvous whose other nodes
+run `pretrain-pipeline train-node`: model/launch.py), and streams every log line into the caller's progress function. Each
+checkpoint the trainer announces is uploaded into the uncommitted artifact under checkpoints/ (with the
+metrics so far) by a background thread while training goes on, and the ones it pruned are deleted there,
+so a retried or rerun task downloads the latest one and resumes from it with its whole history.
 
 `export_model` puts into the artifact the HF directory the trainer wrote (hf/: config.json and fp32
 model.safetensors of the model's own family) completed with the tokenizer, the generation config (which
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +40,11 @@ from model.launch import (finish_launch, job_id_from_env, loopback_store, node_e
                           write_launch)
 from model.sizing import chinchilla_tokens, count_parameters, flops_per_token
 from model.train import free_port
-from pipeline.artifacts import ArtifactWriter, fetch_verified, files_with_role, read_manifest, sha256_file
+from pipeline.artifacts import (ArtifactWriter, artifact_prefix, fetch_verified, files_with_role, read_manifest,
+                                sha256_file)
 from pipeline.config import TrainConfig
 from pipeline.storage import NotFound, ObjectStore, join_key
+from pipeline.storage.remote import READER, reader_settings
 from pipeline.units import report_fraction, text_bar
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,15 +106,49 @@ def val_shards(tokens: list[dict]) -> list[dict]:
             if entry.get("split") == "val" and entry.get("sequences")]
 
 
-def fetch_data(store: ObjectStore, mixture: dict, work: Path, validation: list[dict] | None = None) -> dict:
-    """The token shards a mixture's order points at, the order, and the validation shards, downloaded and verified."""
-    paths = fetch_token_shards(store, mixture["summary"]["shards"], work / "shards")
+def shard_entries(store: ObjectStore, shards: list[dict]) -> list[dict]:
+    """Where the token files (each {artifact, version, path}) are in the store, with their manifest's size,
+    sha256 and sequences: what the streaming loader reads and checks."""
+    manifests: dict[tuple[str, str], dict] = {}
+    entries = []
+    for shard in shards:
+        key = (shard["artifact"], shard["version"])
+        if key not in manifests:
+            manifests[key] = read_manifest(store, *key)
+        [entry] = [e for e in manifests[key]["files"] if e["path"] == shard["path"]]
+        entries.append({"key": join_key(artifact_prefix(*key), entry["path"]), "bytes": entry["bytes"],
+                        "sha256": entry["sha256"], "sequences": entry.get("sequences", 0)})
+    return entries
+
+
+def training_data(store: ObjectStore, settings: TrainConfig, shards: list[dict], order_path: Path, seq_len: int,
+                  pad_id: int, validation: list[dict], work: Path) -> dict:
+    """The run spec's data: with `train.stream`, where the shards are in the store (each rank reads them while
+    training, through a cache of `train.cache_gb`); otherwise the shards downloaded and verified now."""
+    data = {"order": str(order_path), "seq_len": seq_len, "pad_id": pad_id}
+    if not settings.stream:
+        return {**data, "shards": fetch_token_shards(store, shards, work / "shards"),
+                "val_shards": fetch_token_shards(store, validation, work / "val")}
+    entries, val_entries = shard_entries(store, shards), shard_entries(store, validation)
+    limit = int(settings.cache_gb * 1e9)
+    largest = max(entries + val_entries, key=lambda entry: entry["bytes"])
+    if largest["bytes"] > limit:
+        raise ValueError(f"train.cache_gb {settings.cache_gb:g} is smaller than the token shard {largest['key']} "
+                         f"({largest['bytes'] / 1e9:.3g} GB): raise it, or lower tokenize.shard_max_sequences")
+    return {**data, "stream": {"reader": READER, "store": reader_settings(store), "shards": entries,
+                               "val_shards": val_entries, "cache_dir": str(work / "cache"), "cache_bytes": limit}}
+
+
+def fetch_data(store: ObjectStore, mixture: dict, work: Path, validation: list[dict] | None = None,
+               settings: TrainConfig | None = None) -> dict:
+    """The data of a mixture's order for the run spec: the order downloaded, the token shards it points at and
+    the validation shards streamed or downloaded (`train.stream`)."""
     [order] = list(files_with_role(mixture, "order"))
     order_path = fetch_verified(store, mixture, order, work)
     first = mixture["summary"]["shards"][0]
-    return {"shards": paths, "order": str(order_path), "seq_len": mixture["summary"]["seq_len"],
-            "pad_id": read_manifest(store, first["artifact"], first["version"])["summary"]["pad_id"],
-            "val_shards": fetch_token_shards(store, validation or [], work / "val")}
+    pad_id = read_manifest(store, first["artifact"], first["version"])["summary"]["pad_id"]
+    return training_data(store, settings or TrainConfig(stream=False), mixture["summary"]["shards"], order_path,
+                         mixture["summary"]["seq_len"], pad_id, validation or [], work)
 
 
 def launch_command(settings: TrainConfig, spec_path: Path, port: int) -> list[str]:
@@ -155,10 +196,13 @@ class CheckpointSync:
     def __init__(self, store: ObjectStore, prefix: str, local: Path):
         self.store, self.prefix, self.local = store, join_key(prefix, "checkpoints"), local
 
-    def upload(self, tag: str, pruned: list[str] = ()) -> None:
-        for path in sorted((self.local / tag).rglob("*")):
+    def upload(self, tag: str, pruned: list[str] = (), source: Path | None = None) -> None:
+        """The checkpoint's files (from `source`, default the local checkpoint), then `latest`, then the pruned
+        ones deleted."""
+        source = source or self.local / tag
+        for path in sorted(source.rglob("*")):
             if path.is_file():
-                self.store.put_file(join_key(self.prefix, tag, path.relative_to(self.local / tag).as_posix()), path)
+                self.store.put_file(join_key(self.prefix, tag, path.relative_to(source).as_posix()), path)
         self.store.put_bytes(join_key(self.prefix, "latest"), tag.encode())  # written last: the tag is complete
         for old in pruned:  # after `latest` moved on: a crash in between leaves an extra checkpoint, never none
             for key in list(self.store.list(join_key(self.prefix, old) + "/")):
@@ -188,6 +232,49 @@ class CheckpointSync:
                                     "role": "checkpoint", "bytes": path.stat().st_size, "sha256": sha256_file(path),
                                     "tag": tag})
         return entries
+
+
+class CheckpointUploader:
+    """Uploads the checkpoints the trainer announces on a background thread, one after the other in the order
+    announced, while training goes on; each from the outbox snapshot the trainer linked (removed once sent)."""
+
+    def __init__(self, sync: CheckpointSync, outbox: Path):
+        self.sync, self.outbox = sync, outbox
+        self.pending: queue.Queue = queue.Queue()
+        self.stored: queue.Queue = queue.Queue()  # tags sent, for the log (the caller reports them)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="checkpoint-upload", daemon=True)
+        self.thread.start()
+
+    def submit(self, announced: dict) -> None:
+        self.pending.put(announced)
+
+    def _run(self) -> None:
+        while (announced := self.pending.get()) is not None:
+            if self.error is not None:
+                continue  # after a failure nothing later is sent: `latest` never points past a missing tag
+            tag = announced["checkpoint"]
+            try:
+                self.sync.upload(tag, announced.get("pruned", []), source=self.outbox / tag)
+                shutil.rmtree(self.outbox / tag, ignore_errors=True)
+                self.stored.put(tag)
+            except BaseException as exc:  # noqa: BLE001 - raised by finish()
+                self.error = exc
+
+    def drain(self) -> list[str]:
+        """Tags stored since the last call."""
+        tags = []
+        while not self.stored.empty():
+            tags.append(self.stored.get())
+        return tags
+
+    def finish(self) -> list[str]:
+        """Wait until everything announced is stored; the tags stored since the last drain."""
+        self.pending.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"a checkpoint upload failed: {self.error}") from self.error
+        return self.drain()
 
 
 def loss_curve(metrics: list[dict], path: Path, title: str) -> None:
@@ -220,7 +307,7 @@ class TrainingJob:
     settings: TrainConfig
     model_config: dict   # the transformers config (with model_type) of the model trained
     steps: int
-    data: dict           # shards, order, seq_len, pad_id, val_shards (local paths)
+    data: dict           # order, seq_len, pad_id; shards and val_shards (local paths) or stream (training_data)
     init: str | None = None   # a local HF directory to start from (else: initialised from model_config)
     lora: dict | None = None  # rank, alpha, dropout, targets
 
@@ -230,12 +317,13 @@ class TrainingJob:
         return {"model": {"config": self.model_config, "init": self.init}, "data": self.data, "train": train,
                 "resume": True, "lora": self.lora,
                 "out": {"metrics": str(work / "metrics.jsonl"), "checkpoints": str(work / "checkpoints"),
-                        "export": str(work / "hf")}}
+                        "outbox": str(work / "outbox"), "export": str(work / "hf")}}
 
 
 def run_training(job: TrainingJob, store: ObjectStore, prefix: str, work: Path,
                  progress: Callable[[str], None]) -> tuple[list[dict], CheckpointSync]:
-    """Train (resuming from a checkpoint stored under `prefix` by an earlier attempt); the metrics of every step."""
+    """Train (resuming from a checkpoint stored under `prefix` by an earlier attempt); the metrics of every step.
+    Each checkpoint is uploaded as soon as the trainer announces it, while the next steps run."""
     sync = CheckpointSync(store, prefix, work / "checkpoints")
     (work / "checkpoints").mkdir(exist_ok=True)
     if (tag := sync.restore()) is not None:
@@ -248,9 +336,14 @@ def run_training(job: TrainingJob, store: ObjectStore, prefix: str, work: Path,
         progress(f"{job.phase}: " + " ".join(command))
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, bufsize=1)
-        tail = follow(job, process, sync, progress)
+        uploader = CheckpointUploader(sync, work / "outbox")
+        try:
+            tail, errors = follow_trainer(job, process, uploader, progress)
+        finally:
+            for tag in uploader.finish():  # what was announced is stored, even when the trainer failed (a retry resumes)
+                progress(f"{job.phase}: checkpoint {tag} stored")
+        process.wait()
     if process.returncode != 0:
-        errors = [line.removeprefix("error: ") for line in tail if line.startswith("error: ")]
         if errors:  # the trainer's own one-line reason (divergence, an incompatible resume)
             raise RuntimeError(f"{job.phase}: {errors[-1]}")
         raise RuntimeError(f"{job.phase}: training failed (exit {process.returncode}); last output:\n" + "\n".join(tail))
@@ -258,26 +351,30 @@ def run_training(job: TrainingJob, store: ObjectStore, prefix: str, work: Path,
     return metrics, sync
 
 
-def follow(job: TrainingJob, process: subprocess.Popen, sync: CheckpointSync,
-           progress: Callable[[str], None]) -> list[str]:
-    """Stream the trainer's output into `progress`, storing each checkpoint it announces; the last 40 lines."""
+def follow_trainer(job: TrainingJob, process: subprocess.Popen, uploader: CheckpointUploader,
+                   progress: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """The trainer's output into `progress` (steps as a bar), its checkpoints to the uploader; (the last lines,
+    the trainer's one-line errors: kept apart, since a launcher's report on the failed ranks can be longer
+    than the tail)."""
     tail: list[str] = []
+    errors: list[str] = []
     assert process.stdout is not None
     for line in process.stdout:
         line = line.rstrip()
         tail = (tail + [line])[-40:]
+        if line.startswith("error: "):
+            errors.append(line.removeprefix("error: "))
+        for tag in uploader.drain():
+            progress(f"{job.phase}: checkpoint {tag} stored")
         if line.startswith('{"checkpoint"'):
-            announced = json.loads(line)
-            sync.upload(announced["checkpoint"], announced.get("pruned", []))
-            progress(f"{job.phase}: checkpoint {announced['checkpoint']} stored")
+            uploader.submit(json.loads(line))
         elif line.startswith('{"step"'):
             step = json.loads(line)["step"]
             progress(f"{job.phase}: {text_bar(step, job.steps)} step {step}/{job.steps} {line}")
             report_fraction(progress, step / job.steps)
         elif line.startswith(("{", "resumed", "error")) or "Traceback" in line:
             progress(line)
-    process.wait()
-    return tail
+    return tail, errors
 
 
 def tokenizer_files(store: ObjectStore, tokenizer: dict, directory: Path) -> None:

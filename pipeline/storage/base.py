@@ -53,6 +53,10 @@ class ObjectStore(abc.ABC):
         """Copy the object to a local file; raises NotFound."""
 
     @abc.abstractmethod
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of the object from byte `start` (a ranged GET on S3); raises NotFound."""
+
+    @abc.abstractmethod
     def size(self, key: str) -> int | None:
         """The object's size, or None if it does not exist."""
 

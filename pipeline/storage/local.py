@@ -95,6 +95,14 @@ class LocalStore(ObjectStore):
             raise NotFound(self.uri(key))
         shutil.copyfile(source, path)
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as handle:
+                handle.seek(start)
+                return handle.read(length)
+        except FileNotFoundError:
+            raise NotFound(self.uri(key)) from None
+
     def size(self, key: str) -> int | None:
         path = self._path(key)
         return path.stat().st_size if path.is_file() else None

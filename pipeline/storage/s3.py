@@ -192,6 +192,18 @@ class S3Store(ObjectStore):
                 raise NotFound(self.uri(key)) from None
             raise StoreError(f"{self.uri(key)}: download failed: {_code(exc)}") from None
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        span = f"bytes={start}-{start + length - 1}"
+        try:
+            return self._retry("get range", self.uri(key), lambda: self.client.get_object(
+                Bucket=self.bucket, Key=self._key(key), Range=span)["Body"].read())
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                raise NotFound(self.uri(key)) from None
+            raise StoreError(f"{self.uri(key)}: get {span} failed: {_code(exc)}") from None
+
     def size(self, key: str) -> int | None:
         from botocore.exceptions import ClientError
 

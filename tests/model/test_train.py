@@ -206,8 +206,8 @@ def test_a_resume_with_another_world_size_is_refused(tmp_path, data):
     path.write_text(json.dumps(body))
     result = launch(path, processes=2)
     assert result.returncode != 0
-    assert re.search(r"written by 1 rank\(s\) x micro-batch 2 x accumulation 2; this run has 2 x 2 x 2",
-                     result.stdout + result.stderr)
+    assert re.search(r"error: checkpoint step0000004 was written with world size 1 \(micro-batch 2, accumulation 2\); "
+                     r"this run has world size 2 \(micro-batch 2, accumulation 2\)", result.stdout + result.stderr)
 
 
 def test_old_checkpoints_are_pruned(tmp_path, data):

@@ -49,6 +49,16 @@ def test_put_file_and_download(store, tmp_path):
     assert target.read_bytes() == data
 
 
+def test_get_range_reads_just_those_bytes(store):
+    data = os.urandom(10_000)
+    store.put_bytes("files/ranged.bin", data)
+    assert store.get_range("files/ranged.bin", 1234, 567) == data[1234:1801]
+    assert store.get_range("files/ranged.bin", 0, 1) == data[:1]
+    assert store.get_range("files/ranged.bin", 9_990, 10) == data[-10:]
+    with pytest.raises(NotFound):
+        store.get_range("no/such/key", 0, 10)
+
+
 def test_missing_key_raises_not_found(store, tmp_path):
     with pytest.raises(NotFound):
         store.get_bytes("no/such/key")
@@ -177,6 +187,8 @@ def test_s3_wrong_credentials_raise_store_error(s3_store, monkeypatch):
         bad.get_bytes("secret/obj")
     with pytest.raises(StoreError):
         bad.size("secret/obj")
+    with pytest.raises(StoreError):
+        bad.get_range("secret/obj", 0, 2)
     with pytest.raises(StoreError):
         bad.ensure_bucket()
     # The wrong secret must not have been able to write anything.
