@@ -15,6 +15,7 @@ a thread samples the RSS of the subprocess and all its descendants (the worker p
     .venv/bin/python benchmarks/bench_pipeline.py                     # results/pipeline.json
     .venv/bin/python benchmarks/bench_pipeline.py --scales 1 2 --base-replicas 2
     .venv/bin/python benchmarks/bench_pipeline.py --scaling-only --repeats 3   # 1 vs 2 workers at 4x only
+    .venv/bin/python benchmarks/bench_pipeline.py --corpus DIR --out /tmp/scaling.json   # 1 vs 2 on DIR/*.warc.gz
 """
 
 from __future__ import annotations
@@ -282,19 +283,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each arm, interleaved; the fastest is kept")
     parser.add_argument("--scaling-only", action="store_true",
                         help="only the largest scale, with 1 and 2 workers (the 1 -> 2 worker scaling)")
+    parser.add_argument("--corpus", type=Path, help="a folder of .warc.gz files to run on instead of the built "
+                        "corpus (e.g. the Debian-docs WARC of bench_peer.py); implies --scaling-only")
     parser.add_argument("--child", nargs=3, metavar=("CORPUS", "WORKERS", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         corpus, workers, work = args.child
         print(json.dumps(child(Path(corpus), int(workers), Path(work))))
         return 0
+    if args.corpus:
+        args.corpus, args.scaling_only, args.scales = args.corpus.resolve(), True, [1]
     results = []
     plans = [(scale, 1) for scale in args.scales if not args.scaling_only] + \
         [(max(args.scales), 1)] * args.scaling_only + [(max(args.scales), 2)]
     repeats: dict[tuple[int, int], list[dict]] = {}
     for _ in range(args.repeats):  # interleaved, so a busy spell on a shared machine hits both arms alike
         for scale, workers in plans:
-            corpus = build_corpus(args.base_replicas * scale, args.perturb, args.files)
+            corpus = args.corpus or build_corpus(args.base_replicas * scale, args.perturb, args.files)
             busy, waited = wait_until_quiet(30)
             result = {"scale": scale, "replicas": args.base_replicas * scale, **run(corpus, workers),
                       "busy_before": busy}
@@ -310,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "machine": machine_info(REPO, ("resiliparse", "fasttext-numpy2", "tokenizers", "pyarrow", "datasketch")),
-        "corpus": {"base_replicas": args.base_replicas, "perturb": args.perturb, "files": args.files},
+        "corpus": {"path": str(args.corpus)} if args.corpus else
+                  {"base_replicas": args.base_replicas, "perturb": args.perturb, "files": args.files},
         "repeats": args.repeats, "results": results, "scaling": scaled, "table": table(results),
         "scaling_table": scaling_table(scaled)}, indent=2))
     print("\n".join(table(results)))
