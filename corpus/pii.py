@@ -19,15 +19,23 @@ IP_TOKEN = "|||IP_ADDRESS|||"
 PHONE_TOKEN = "|||PHONE_NUMBER|||"
 
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
-_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
+# Each pattern starts with the character class a match must begin with, and only then looks behind
+# (its lookbehind spans that first character): Python's re then skips in C to the positions that can
+# start a match, instead of trying the lookbehind at every character (2-4x faster on web text). They
+# match exactly what the plain spelling does, e.g. for IPv4 (?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d).
+_IPV4 = re.compile(r"\d(?<![\d.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?!\d|\.\d)")
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:){2,7}(?::|[0-9A-Fa-f]{1,4})(?![0-9A-Fa-f:])"
                    r"|(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:)*:(?::?[0-9A-Fa-f]{1,4}){1,7}(?![0-9A-Fa-f:])")
 # Every IPv6 match holds two colons with at most four hex digits between them: a search for that is
 # ~100x cheaper than the full pattern, which then runs only where it can match.
 _IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
+_PHONE_BODY = r"(?:\(\d{1,4}\)[ .-]?\d{2,4}(?:[ .-]\d{2,4}){1,3}|\d{2,4}(?:[ .-]\d{2,4}){2,4})"
+# (?<![\w+])(?:\+\d{1,3}[ .-]?)?<body>(?![\w-]), with the first character (+, ( or a digit) taken first
 _PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?"
-    r"(?:\(\d{1,4}\)[ .-]?\d{2,4}(?:[ .-]\d{2,4}){1,3}|\d{2,4}(?:[ .-]\d{2,4}){2,4})(?![\w-])"
+    r"[+(\d](?<![\w+].)"
+    r"(?:(?<=\+)\d{1,3}[ .-]?" + _PHONE_BODY +
+    r"|(?<=\()\d{1,4}\)[ .-]?\d{2,4}(?:[ .-]\d{2,4}){1,3}"
+    r"|(?<=\d)\d{1,3}(?:[ .-]\d{2,4}){2,4})(?![\w-])"
 )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
+from itertools import filterfalse
 
 import numpy as np
 
@@ -48,10 +49,10 @@ def duplicates(items: list[str]) -> tuple[int, int]:
 
 
 def _ids(words: list[str]) -> np.ndarray:
-    """Words as small integers (n-grams of ints hash and compare much faster than of strings)."""
-    vocabulary: dict[str, int] = {}
-    return np.fromiter((vocabulary.setdefault(word, len(vocabulary)) for word in words), dtype=np.uint64,
-                       count=len(words))
+    """Words as small integers, numbered in order of first occurrence (n-grams of ints hash and compare
+    much faster than of strings). dict.fromkeys and map run in C: no Python code per word."""
+    vocabulary = {word: number for number, word in enumerate(dict.fromkeys(words))}
+    return np.fromiter(map(vocabulary.__getitem__, words), dtype=np.uint64, count=len(words))
 
 
 def _gram_keys(ids: np.ndarray, n: int) -> np.ndarray:
@@ -141,13 +142,14 @@ class GopherQuality:
             raise ValueError(f"stop_words must be a list of words, got {self.stop_words!r}")
         object.__setattr__(self, "stop_words", frozenset(word.lower() for word in self.stop_words))
 
-    def check(self, text: str) -> str | None:
-        words = text.split()
+    def check(self, text: str, words: list[str] | None = None) -> str | None:
+        """`words`: text.split(), where the caller has it already (the rules share one split per text)."""
+        words = text.split() if words is None else words
         if len(words) < self.min_doc_words:
             return "gopher_short_doc"
         if len(words) > self.max_doc_words:
             return "gopher_long_doc"
-        average = sum(len(word) for word in words) / len(words)
+        average = len("".join(words)) / len(words)
         if average < self.min_avg_word_length:
             return "gopher_below_avg_word_length"
         if average > self.max_avg_word_length:
@@ -161,11 +163,12 @@ class GopherQuality:
         if lines and sum(line.rstrip().endswith(ELLIPSES) for line in lines) / len(lines) > \
                 self.max_ellipsis_lines_ratio:
             return "gopher_ellipsis_lines_ratio"
-        # most words are all letters (isalpha runs in C); only the others are looked into
-        without_letters = sum(1 for word in words if not word.isalpha() and not any(ch.isalpha() for ch in word))
+        # most words are all letters (filterfalse and isalpha run in C); only the others are looked into
+        without_letters = sum(1 for word in filterfalse(str.isalpha, words) if not any(map(str.isalpha, word)))
         if 1 - without_letters / len(words) < self.max_non_alpha_words_ratio:
             return "gopher_non_alpha_words_ratio"
-        if self.check_stop_words and sum(word.lower() in self.stop_words for word in words) < self.min_stop_words:
+        if self.check_stop_words and \
+                sum(map(self.stop_words.__contains__, map(str.lower, words))) < self.min_stop_words:
             return "gopher_few_stop_words"
         return None
 
@@ -179,7 +182,7 @@ class GopherRepetition:
     top_ngrams: tuple[tuple[int, float], ...] = ((2, 0.2), (3, 0.18), (4, 0.16))
     dup_ngrams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
 
-    def check(self, text: str) -> str | None:
+    def check(self, text: str, words: list[str] | None = None) -> str | None:
         if not text:
             return None
         paragraphs = [p for p in _PARAGRAPHS.split(text.strip()) if p]
@@ -194,7 +197,7 @@ class GopherRepetition:
             return "gopher_dup_line_frac"
         if chars / len(text) > self.max_dup_line_char_frac:
             return "gopher_dup_line_char_frac"
-        words = text.split()
+        words = text.split() if words is None else words
         ids = _ids(words)
         for n, limit in self.top_ngrams:
             if top_ngram_chars(words, n, ids) / len(text) > limit:
@@ -241,7 +244,7 @@ class C4Quality:
             lower = stripped.lower()
             if (self.filter_no_terminal_punct and not stripped.endswith(TERMINAL_PUNCTUATION)) \
                     or len(words) < self.min_words_per_line \
-                    or any(len(word) > self.max_word_length for word in words) \
+                    or (len(stripped) > self.max_word_length and max(map(len, words)) > self.max_word_length) \
                     or (self.filter_javascript and "javascript" in lower) \
                     or (self.filter_policy and any(policy in lower for policy in POLICY_SUBSTRINGS)):
                 removed += 1
@@ -265,7 +268,7 @@ class FineWebQuality:
     char_duplicates_ratio: float = 0.01
     new_line_ratio: float = 0.3
 
-    def check(self, text: str) -> str | None:
+    def check(self, text: str, words: list[str] | None = None) -> str | None:
         lines = [line for line in text.split("\n") if line.strip()]
         if not lines:
             return "fineweb_empty"
@@ -277,7 +280,7 @@ class FineWebQuality:
         characters = len(text.replace("\n", ""))
         if characters and duplicates(lines)[1] / characters > self.char_duplicates_ratio:
             return "fineweb_char_dup_ratio"
-        words = text.split()
+        words = text.split() if words is None else words
         if words and text.count("\n") / len(words) > self.new_line_ratio:
             return "fineweb_list_ratio"
         return None

@@ -41,7 +41,8 @@ class WordList:
         if self.ngrams:
             tokens = _WORD.findall(text.lower())
             for n, entries in self.ngrams.items():
-                found += [" ".join(gram) for gram in zip(*(tokens[i:] for i in range(n))) if gram in entries]
+                # filter runs the set lookups in C: Python code only for the (rare) matches
+                found += [" ".join(gram) for gram in filter(entries.__contains__, zip(*(tokens[i:] for i in range(n))))]
         if self.pattern is not None:
             found += [match.group(0) for match in self.pattern.finditer(text)]
         return found

@@ -22,6 +22,7 @@ from typing import Any
 
 from pipeline.artifacts import STAGES
 from pipeline.config import PipelineConfig
+from pipeline.parallel import release_local_pools
 from tasks.clean import clean_task
 from tasks.cpt import cpt_task
 from tasks.dedup import dedup_task
@@ -118,6 +119,7 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
         run_per_source(ctx, states, "filter", filter_task, "dedup")
     if run_global(ctx, states, "tokenizer", tokenizer_task, "filter"):
         run_per_source(ctx, states, "tokens", tokenize_task, "filter", "tokenizer")
+    release_local_pools()  # the data stages are done: their workers' memory goes to training
     config = ctx.config
     external_base = config.base_checkpoint() is not None  # the user's checkpoint: no pretraining
     if not external_base and run_global(ctx, states, "mixture", mixture_task, "tokens") and \
@@ -132,6 +134,7 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
 def run_later_phases(ctx: RunContext, states: dict[str, Any], base: str | None) -> None:
     """cpt -> ift -> eval, each when enabled and what it reads completed. `base` names the state of the
     model artifact CPT (or IFT, with CPT off) starts from (None: the user's checkpoint, cpt.init or ift.init)."""
+    release_local_pools()  # the data stages are done: their workers' memory goes to training
     config = ctx.config
     tokens = {source.name: f"tokens/{source.name}" for source in config.sources}
 

@@ -3,11 +3,13 @@
 `map_units(fn, units, workers, on_result)` is all a stage sees (through `pipeline.units.run_units`).
 Where the units run is the flow run's choice, from the `cluster` section of pipeline.yaml:
 
-- **local** (default): a process pool per stage with the stage's `workers`. Workers come from a fork
-  server: the parent is a Prefect flow with threads and an event loop, which a plain `fork` would copy
-  in an inconsistent state, while `spawn` re-imports everything in every worker (about a second each
-  here). The fork server imports the worker's module once and forks each worker from that clean,
-  single-threaded process. One worker runs the units in-process.
+- **local** (default): a process pool with the stage's `workers`, kept for the whole run (inside
+  `with cluster_session(...)`, which the flow opens around its stages; LocalPools): every stage after
+  the first finds its workers already up. Workers come from a fork server: the parent is a Prefect
+  flow with threads and an event loop, which a plain `fork` would copy in an inconsistent state, while
+  `spawn` re-imports everything in every worker (about a second each here). The fork server imports
+  the first stage's module once and forks each worker from that clean, single-threaded process. While
+  a pool starts, the caller runs units itself. One worker runs the units in-process.
 - **dask** / **ray**: inside `with cluster_session(config.cluster):` (the flow opens one around its
   stages) every unit is submitted to the cluster, which sets the parallelism (the stages' `workers`
   then has no effect). With an address, the session connects to that cluster; without one it starts
@@ -27,7 +29,9 @@ import multiprocessing
 import os
 import threading
 import uuid
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
@@ -44,39 +48,20 @@ def map_units(fn: Callable[[T], R], units: Iterable[T], workers: int, on_result:
     """Call fn on every unit (on the current cluster session's cluster, or with up to `workers` local
     processes); on_result runs in the caller for each, as units finish.
 
-    The first failure cancels the units not yet started and is raised; the units that finished have
-    already been reported, so a retry can pick up from there.
+    The first failure cancels the units not yet started and is raised once the units already running
+    have ended; the units that finished have been reported, so a retry can pick up from there.
     """
     units = list(units)
     session = _SESSION.get()
     if session is not None:
         session.map(fn, units, on_result)
         return
-    map_local(fn, units, workers, on_result)
-
-
-def map_local(fn: Callable[[T], R], units: Sequence[T], workers: int, on_result: Callable[[T, R], Any]) -> None:
-    """The local runner: a fork-server process pool (in-process for one worker or one unit)."""
-    if workers <= 1 or len(units) <= 1:
-        for unit in units:
-            on_result(unit, fn(unit))
+    pools = _LOCAL_POOLS.get()
+    if pools is not None:
+        pools.map(fn, units, workers, on_result)
         return
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([getattr(fn, "func", fn).__module__])
-    # The fork server keeps the environment it started with; each unit gets the caller's current one
-    # (credentials set or rotated since, e.g. by `make up`'s env file or a Prefect block).
-    environment = dict(os.environ)
-    with ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=context) as pool:
-        pending = {pool.submit(_in_environment, environment, fn, unit): unit for unit in units}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                unit = pending.pop(future)
-                if future.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise future.exception()  # type: ignore[misc]
-                on_result(unit, future.result())
+    with LocalPools() as pools:  # outside a session (a stage core called directly): a pool for this map
+        pools.map(fn, units, workers, on_result)
 
 
 def _in_environment(environment: dict[str, str], fn: Callable[[T], R], unit: T) -> R:
@@ -84,6 +69,185 @@ def _in_environment(environment: dict[str, str], fn: Callable[[T], R], unit: T) 
         os.environ.clear()
         os.environ.update(environment)
     return fn(unit)
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+class LocalPools:
+    """The local runner's worker processes, kept for a whole run: one fork-server process pool per worker
+    count, started on first use and reused by every stage after it (starting workers and importing the
+    stage modules into them costs about a second here: paid once per run instead of once per stage).
+
+    While a pool starts, the caller runs units itself, from the end of the list; the pool takes the rest
+    as soon as it is up. Units are reported as they finish, in whatever order. A pool whose worker died
+    (BrokenProcessPool) is dropped, and the next map starts a fresh one.
+    """
+
+    def __init__(self):
+        self._pools: dict[int, ProcessPoolExecutor] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __enter__(self) -> "LocalPools":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @contextmanager
+    def active(self) -> Iterator["LocalPools"]:
+        """map_units in this block (and in the Prefect tasks it calls) runs local units on these pools."""
+        token = _LOCAL_POOLS.set(self)
+        try:
+            yield self
+        finally:
+            _LOCAL_POOLS.reset(token)
+
+    def _pool(self, workers: int, module: str) -> ProcessPoolExecutor:
+        """The pool of `workers` processes, up and running (the first one started here waits for a worker)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the local pools are closed")
+            pool = self._pools.get(workers)
+            if pool is not None and getattr(pool, "_broken", False):  # a worker died since: start afresh
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = None
+            if pool is None:
+                context = multiprocessing.get_context("forkserver")
+                # Only takes effect when the fork server starts (once per process): the first stage's module,
+                # which imports the shared plumbing every stage module needs.
+                context.set_forkserver_preload([module])
+                pool = self._pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        pool.submit(_ready).result()
+        return pool
+
+    def _drop(self, workers: int, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pools.get(workers) is pool:
+                del self._pools[workers]
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def map(self, fn: Callable[[T], R], units: Sequence[T], workers: int, on_result: Callable[[T, R], Any]) -> None:
+        if workers <= 1 or len(units) <= 1:
+            for unit in units:
+                on_result(unit, fn(unit))
+            return
+        # The fork server keeps the environment it started with; each unit gets the caller's current one
+        # (credentials set or rotated since, e.g. by `make up`'s env file or a Prefect block).
+        environment = dict(os.environ)
+        queue = deque(units)
+        lock = threading.Lock()
+        futures: dict[Future, T] = {}
+        started: dict[str, Any] = {}
+
+        def start() -> None:  # in a thread: start the pool, then hand it every unit the caller has not taken
+            try:
+                pool = self._pool(workers, getattr(fn, "func", fn).__module__)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                started["error"] = exc
+                return
+            with lock:
+                started["pool"] = pool
+                try:
+                    while queue:
+                        unit = queue.popleft()
+                        futures[pool.submit(_in_environment, environment, fn, unit)] = unit
+                except BaseException as exc:  # noqa: BLE001 - a pool that broke meanwhile
+                    started["error"] = exc
+
+        with self._lock:
+            running = self._pools.get(workers)
+        if running is not None and not getattr(running, "_broken", False):  # up since an earlier map: takes all
+            start()
+        else:
+            starter = threading.Thread(target=start, name="local-pool-start", daemon=True)
+            starter.start()
+            try:
+                while True:
+                    with lock:
+                        if "pool" in started or "error" in started or not queue:
+                            break
+                        unit = queue.pop()
+                    on_result(unit, fn(unit))
+            except BaseException:
+                with lock:
+                    queue.clear()  # the starter hands the pool nothing more
+                starter.join()
+                self._settle(workers, started.get("pool"), futures, on_result)
+                raise
+            starter.join()
+        if "error" in started:
+            self._settle(workers, started.get("pool"), futures, on_result)
+            raise started["error"]
+        self._collect(workers, started["pool"], futures, on_result)
+
+    def _collect(self, workers: int, pool: ProcessPoolExecutor, futures: dict[Future, T],
+                 on_result: Callable[[T, R], Any]) -> None:
+        pending = dict(futures)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                unit = pending.pop(future)
+                error = future.exception()
+                if error is None:
+                    try:
+                        on_result(unit, future.result())
+                        continue
+                    except BaseException as exc:  # noqa: BLE001 - recording a result failed
+                        error = exc
+                self._settle(workers, pool, pending, on_result)
+                raise error
+
+    def _settle(self, workers: int, pool: ProcessPoolExecutor | None, pending: dict[Future, T],
+                on_result: Callable[[T, R], Any]) -> None:
+        """After a failure: cancel what has not started, wait for what runs (reporting what succeeds), and
+        drop the pool if a worker died."""
+        for future in pending:
+            future.cancel()
+        broken = False
+        for future, unit in list(pending.items()):
+            if future.cancelled():
+                continue
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                broken = True
+            except BaseException:  # noqa: BLE001 - the first failure is the one raised
+                pass
+            else:
+                try:
+                    on_result(unit, result)
+                except BaseException:  # noqa: BLE001
+                    pass
+        if pool is not None and (broken or getattr(pool, "_broken", False)):
+            self._drop(workers, pool)
+
+    def release(self) -> None:
+        """Shut down every pool; a later map starts a fresh one."""
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_LOCAL_POOLS: ContextVar["LocalPools | None"] = ContextVar("pipeline_local_pools", default=None)
+
+
+def release_local_pools() -> None:
+    """Shut down the current run's idle local workers (the flow calls this when its data stages are done,
+    so their memory is free for training); a later map starts them again."""
+    pools = _LOCAL_POOLS.get()
+    if pools is not None:
+        pools.release()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,9 +261,11 @@ _SESSION: ContextVar["ClusterSession | None"] = ContextVar("pipeline_cluster_ses
 def cluster_session(cluster: "ClusterConfig | None", log: Callable[[str], None] | None = None
                     ) -> Iterator["ClusterSession | None"]:
     """Within this block (and the Prefect tasks it calls, which inherit its context), map_units sends
-    the units to the configured cluster. `runner: local` changes nothing (yields None)."""
+    the units to the configured cluster. `runner: local` yields None: the units run on local process
+    pools that the block keeps for all its stages (LocalPools) and shuts down at its end."""
     if cluster is None or cluster.runner == "local":
-        yield None
+        with LocalPools() as pools, pools.active():
+            yield None
         return
     session = ClusterSession(cluster.runner, cluster.address, cluster.workers, log or logger.info)
     try:

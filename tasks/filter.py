@@ -141,18 +141,23 @@ def filter_document(text: str, lang: str, names: list[str], rules: Rules, settin
                     counts: dict) -> tuple[str, str | None]:
     """(the text to keep, or the reason it is removed). Counts C4 line removals and PII replacements."""
     heuristics = rules.for_language(lang)
+    words = None  # text.split(), once for the rules that count words (again only if C4 changes the text)
     for name in names:
         if name == "gopher_quality":
-            reason = heuristics.gopher_quality.check(text)
+            words = text.split() if words is None else words
+            reason = heuristics.gopher_quality.check(text, words)
         elif name == "gopher_repetition":
-            reason = heuristics.gopher_repetition.check(text)
+            words = text.split() if words is None else words
+            reason = heuristics.gopher_repetition.check(text, words)
         elif name == "c4":
             cleaned, reason, lines = heuristics.c4.apply(text)
             if reason is None and settings.c4_remove_lines:
                 counts["c4_lines_removed"] += lines
-                text = cleaned
+                if cleaned != text:
+                    text, words = cleaned, None
         elif name == "fineweb":
-            reason = heuristics.fineweb.check(text)
+            words = text.split() if words is None else words
+            reason = heuristics.fineweb.check(text, words)
         elif name == "decontamination":
             hits = rules.decontamination.hits(text)
             for item in hits:

@@ -23,7 +23,9 @@ nothing of Prefect; `tokenizer_task` is the thin task.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -175,7 +177,12 @@ def run_tokenizer(settings: TokenizerConfig, store: ObjectStore, spec: StageSpec
         else:
             progress(f"tokenizer: training a {settings.vocab_size}-token byte-level BPE on up to "
                      f"{settings.sample_max_mb} MB of {', '.join(inputs)}")
+            # Saving needs transformers, whose import (~0.5 CPU-second) would otherwise follow the training:
+            # it runs meanwhile, while the training's Rust threads do not hold the GIL.
+            importer = threading.Thread(target=importlib.import_module, args=("transformers",), daemon=True)
+            importer.start()
             tokenizer = train_tokenizer(sample_texts(store, inputs, settings, scratch_path, counts), settings)
+            importer.join()
             if not counts["sample_documents"]:
                 raise ValueError("tokenizer: the sample is empty (no filtered documents, or sample_fraction too low)")
         counts["vocab_size"] = tokenizer.get_vocab_size()

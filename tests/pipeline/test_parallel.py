@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
+import time
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
 from pipeline.config import ClusterConfig, ConfigError, validate_config
-from pipeline.parallel import ClusterSession, cluster_session, current_session, map_units
+from pipeline.parallel import (ClusterSession, LocalPools, cluster_session, current_session, map_units,
+                               release_local_pools)
 
 SOURCES = [{"name": "web", "kind": "warc", "location": "data/sample/web"}]
 
@@ -33,6 +37,57 @@ def test_local_runner_needs_no_session():
         assert session is None and current_session() is None
     with cluster_session(None) as session:
         assert session is None
+
+
+def pid_after(seconds: float, _unit: int) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def fail_on(bad: int, how: str, unit: int) -> int:
+    if unit == bad:
+        if how == "exit":
+            os._exit(3)  # a worker dies (as if killed): the pool is broken
+        raise ValueError(f"unit {unit} is bad")
+    time.sleep(0.05)
+    return unit
+
+
+def test_a_run_keeps_its_local_workers_for_every_stage():
+    with cluster_session(ClusterConfig()):
+        first = collect(functools.partial(pid_after, 0.2), range(6))
+        second = collect(functools.partial(pid_after, 0.2), range(6))
+        workers = set(first.values()) - {os.getpid()}
+        assert 1 <= len(workers) <= 2  # the pool's processes (the caller may have run units while it started)
+        assert set(second.values()) - {os.getpid()} <= workers  # the second map found them running
+        release_local_pools()  # the data stages are done: the workers go
+        third = collect(functools.partial(pid_after, 0.2), range(4))
+        assert not (set(third.values()) - {os.getpid()}) & workers
+    assert current_session() is None
+
+
+def test_the_caller_runs_units_while_the_pool_starts():
+    with LocalPools() as pools:
+        results: dict = {}
+        pools.map(functools.partial(pid_after, 0.3), list(range(8)), 2, results.__setitem__)
+        assert sorted(results) == list(range(8))
+        assert os.getpid() in results.values()  # the fork server's start takes longer than a unit
+        results.clear()
+        pools.map(functools.partial(pid_after, 0.01), list(range(8)), 2, results.__setitem__)
+        assert os.getpid() not in results.values()  # a pool that is up takes every unit
+
+
+@pytest.mark.parametrize("how, error", [("raise", ValueError), ("exit", BrokenProcessPool)])
+def test_a_failed_unit_leaves_the_local_pools_usable(how, error):
+    with LocalPools() as pools:
+        pools.map(abs, [-1, -2], 2, lambda _u, _r: None)  # the pool is up
+        reported: list = []
+        with pytest.raises(error):
+            pools.map(functools.partial(fail_on, 5, how), list(range(12)), 2, lambda unit, _r: reported.append(unit))
+        assert 5 not in reported and len(reported) == len(set(reported))
+        results: dict = {}
+        pools.map(functools.partial(operator.mul, 2), list(range(5)), 2, results.__setitem__)
+        assert results == {i: 2 * i for i in range(5)}
 
 
 def test_a_session_that_maps_nothing_starts_no_cluster():
