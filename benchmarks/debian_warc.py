@@ -12,7 +12,7 @@ after one `warcinfo` record. The same package versions give the same bytes.
     .venv/bin/python benchmarks/debian_warc.py                 # benchmarks/.cache/debian-warc/
     .venv/bin/python benchmarks/debian_warc.py --copy-to /work/cache/debian-docs.warc.gz
 
-Writes `debian-docs.warc.gz`, the same records cut in two at the record boundary nearest the middle
+Writes `full/debian-docs.warc.gz`, the same records cut in two at the record boundary nearest the middle
 (`halves/part-0.warc.gz`, `halves/part-1.warc.gz`: the work of two datatrove tasks, which shard by
 file) and `build.json` (versions, counts, sha256; compared with the README's).
 """
@@ -138,10 +138,11 @@ def build(cache: Path = CACHE) -> dict:
     done = cache / "build.json"
     if done.exists():
         info = json.loads(done.read_text())
-        if (cache / WARC_NAME).exists() and sha256(cache / WARC_NAME) == info["sha256"]:
+        if (cache / "full" / WARC_NAME).exists() and sha256(cache / "full" / WARC_NAME) == info["sha256"]:
             return info
     entries, per_package = pages(cache / "debs")
-    warc = cache / WARC_NAME
+    warc = cache / "full" / WARC_NAME
+    warc.parent.mkdir(parents=True, exist_ok=True)
     offsets = write_warc(warc, entries, per_package)
     middle = min(offsets, key=lambda offset: abs(offset - warc.stat().st_size / 2))
     halves = cache / "halves"
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     info = build(args.cache)
     if args.copy_to:
         args.copy_to.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.cache / WARC_NAME, args.copy_to)
-    print(f"{args.cache / WARC_NAME}: {info['responses']:,} responses, {info['bytes'] / 1e6:.1f} MB, "
+        shutil.copyfile(args.cache / "full" / WARC_NAME, args.copy_to)
+    print(f"{args.cache / 'full' / WARC_NAME}: {info['responses']:,} responses, {info['bytes'] / 1e6:.1f} MB, "
           f"sha256 {info['sha256'][:12]}… ({'the same bytes as' if info['same_bytes_as_reference'] else 'differs from'}"
           f" the datatrove README's {REFERENCE['sha256'][:12]}…; pages per package "
           f"{'as' if info['same_pages_as_reference'] else 'NOT as'} there)")
