@@ -238,7 +238,7 @@ def datatrove_kept_urls(out: Path) -> list[str]:
 
 # --- the runs -----------------------------------------------------------------------------------------------------
 
-def run_one(name: str, warc: dict) -> tuple[dict, list[str]]:
+def run_one(name: str, warc: dict, trafilatura_timeout: float = 1.0) -> tuple[dict, list[str]]:
     two = name.endswith("2")
     corpus = WARC_CACHE / ("halves" if two else "full")
     work = RUNS_DIR / name
@@ -246,12 +246,16 @@ def run_one(name: str, warc: dict) -> tuple[dict, list[str]]:
     work.mkdir(parents=True)
     if name.startswith("datatrove"):
         measured = measure([str(PEER_PYTHON), str(HERE / "peer" / "run_datatrove.py"), "run", "--assets",
-                            str(PEER_ASSETS), "--input", str(corpus), "--out", str(work), "--tasks", "2" if two else "1"],
+                            str(PEER_ASSETS), "--input", str(corpus), "--out", str(work), "--tasks", "2" if two else "1",
+                            "--trafilatura-timeout", str(trafilatura_timeout)],
                            work / "stderr.log")
         result = measured.pop("result")
         urls = datatrove_kept_urls(work)
         documents_in = result["documents_in"]
-        measured.update({"documents_in": documents_in["total"] if isinstance(documents_in, dict) else documents_in,
+        # Trafilatura gives up on a page after 1 s of wall time (datatrove's default): on a busy machine
+        # pages are dropped that a quiet one keeps, and their CPU is not spent
+        timeouts = (work / "stderr.log").read_text(errors="replace").count("Timeout while cleaning record text")
+        measured.update({"extractor_timeouts": timeouts, "trafilatura_timeout_s": trafilatura_timeout, "documents_in": documents_in["total"] if isinstance(documents_in, dict) else documents_in,
                          "documents_out": len(urls), "steps": [
                              {"name": step["name"].split(": ")[-1], "seconds": round(step["seconds"] or 0, 2),
                               "forwarded": step["stats"].get("forwarded")} for step in result["steps"]]})
@@ -354,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=RUNS, help="these runs only (the JSON keeps the others' last figures)")
     parser.add_argument("--profile", action="store_true", help="also cProfile ours_w1 into results/peer_profile.txt")
+    parser.add_argument("--trafilatura-timeout", type=float, default=1.0,
+                        help="datatrove's per-page extraction timeout in wall seconds (its default: 1); raise it on a "
+                             "busy machine, where pages time out that a quiet one extracts")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "peer.json")
     parser.add_argument("--child", nargs=4, metavar=("CORPUS", "WORKERS", "WORK", "CHAIN"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -371,13 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     results, urls = dict(previous.get("results", {})), {}
     for name in args.only or RUNS:
         busy, waited = wait_until_quiet(30)
-        measured, urls[name] = run_one(name, warc)
+        measured, urls[name] = run_one(name, warc, args.trafilatura_timeout)
         measured["others_busy_before"] = busy
         measured["others_busy_after"] = round(busy_fraction(0.5), 3)
         results[name] = measured
         print(f"{name}: {measured['cpu_s']:.1f} CPU-s, {measured['wall_s']:.1f} s wall, "
               f"{measured['documents_in']:,} → {measured['documents_out']:,} documents, "
-              f"peak {measured['peak_tree_rss_mb']:,.0f} MB", flush=True)
+              f"peak {measured['peak_tree_rss_mb']:,.0f} MB"
+              + (f", {measured['extractor_timeouts']} Trafilatura timeouts (pages skipped)"
+                 if measured.get("extractor_timeouts") else ""), flush=True)
         table, ratios = write_results(args.out, warc, results, urls, previous)
     print("\n".join(table))
     for key, value in ratios.items():

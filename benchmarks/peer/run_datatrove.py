@@ -79,7 +79,7 @@ def seed(assets: Path, ldnoobw: Path, lid: Path) -> dict:
     return seeded
 
 
-def chain(input_dir: Path, out: Path) -> list:
+def chain(input_dir: Path, out: Path, timeout: float = 1.0) -> list:
     from datatrove.pipeline.extractors import Trafilatura
     from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
                                             GopherRepetitionFilter, LanguageFilter, URLFilter)
@@ -89,7 +89,7 @@ def chain(input_dir: Path, out: Path) -> list:
     return [
         WarcReader(str(input_dir), glob_pattern="*.warc.gz", default_metadata={"dump": "debian-docs"}),
         URLFilter(),
-        Trafilatura(favour_precision=True),
+        Trafilatura(favour_precision=True, timeout=timeout),  # 1 s: datatrove's default
         LanguageFilter(languages=["en"]),
         GopherRepetitionFilter(),
         GopherQualityFilter(),
@@ -99,13 +99,13 @@ def chain(input_dir: Path, out: Path) -> list:
     ]
 
 
-def run(input_dir: Path, out: Path, tasks: int) -> dict:
+def run(input_dir: Path, out: Path, tasks: int, timeout: float = 1.0) -> dict:
     from datatrove.executor.local import LocalPipelineExecutor
 
     files = sorted(input_dir.glob("*.warc.gz"))
     if len(files) < tasks:
         raise SystemExit(f"{input_dir}: {len(files)} WARC file(s) for {tasks} tasks (datatrove shards by file)")
-    executor = LocalPipelineExecutor(pipeline=chain(input_dir, out), tasks=tasks, workers=tasks,
+    executor = LocalPipelineExecutor(pipeline=chain(input_dir, out, timeout), tasks=tasks, workers=tasks,
                                      logging_dir=str(out / "logs"))
     executor.run()
     stats = json.loads((out / "logs" / "stats.json").read_text())
@@ -125,12 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--tasks", type=int, default=1)
+    parser.add_argument("--trafilatura-timeout", type=float, default=1.0,
+                        help="seconds of wall time per page before Trafilatura gives up on it (datatrove's default: 1)")
     args = parser.parse_args(argv)
     environment(args.assets.resolve())
     if args.command == "seed":
         print(json.dumps(seed(args.assets, args.ldnoobw, args.lid)))
     else:
-        print(json.dumps(run(args.input, args.out, args.tasks)))
+        print(json.dumps(run(args.input, args.out, args.tasks, args.trafilatura_timeout)))
     return 0
 
 
