@@ -173,19 +173,24 @@ def ours_child(corpus: Path, workers: int, work: Path, full: bool) -> dict:
     quiet = lambda _message: None  # noqa: E731
     stages, done = {}, {}
     started = time.perf_counter()
+    cpu_started = time.process_time()
+
+    def clocked(began: float, cpu_began: float) -> dict:
+        # CPU of this process: with 1 worker every unit runs in it, so this is the stage's whole CPU
+        return {"wall": round(time.perf_counter() - began, 3), "cpu": round(time.process_time() - cpu_began, 3)}
+
     if full:
-        last = started
         for stage in FULL:  # plan() skips what is built: each call builds the next stage only
+            began, cpu_began = time.perf_counter(), time.process_time()
             done = plan(config, store, REPO, stage)
-            stages[stage] = round(time.perf_counter() - last, 3)
-            last = time.perf_counter()
+            stages[stage] = clocked(began, cpu_began)
     else:
         source = config.source("web")
 
         def timed(name: str, build) -> None:
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), time.process_time()
             done[name] = build()
-            stages[name] = round(time.perf_counter() - began, 3)
+            stages[name] = clocked(began, cpu_began)
 
         files = list_inputs(source, config.storage, base_dir=REPO)
         spec = ingest_spec(source, files, config.ingest)
@@ -201,7 +206,9 @@ def ours_child(corpus: Path, workers: int, work: Path, full: bool) -> dict:
             timed("filter/web", lambda: run_filter("web", config.filter, store, spec_f, done["langid/web"], quiet,
                                                    inputs))
     counts = {name: manifest["counts"] for name, manifest in done.items()}
-    return {"seconds": round(time.perf_counter() - started, 3), "stage_seconds": stages,
+    # stage_seconds: {stage: {wall, cpu}}; imports and start-up come before `started`
+    return {"seconds": round(time.perf_counter() - started, 3), "cpu_seconds_in_stages": round(
+                time.process_time() - cpu_started, 3), "stage_seconds": stages,
             "documents_in": counts["ingest/web"].get("documents"),
             "documents_out": counts["filter/web"].get("documents"),
             "funnel": {name: counts[name].get("documents") for name in counts},
@@ -255,7 +262,8 @@ def run_one(name: str, warc: dict, trafilatura_timeout: float = 1.0) -> tuple[di
         # Trafilatura gives up on a page after 1 s of wall time (datatrove's default): on a busy machine
         # pages are dropped that a quiet one keeps, and their CPU is not spent
         timeouts = (work / "stderr.log").read_text(errors="replace").count("Timeout while cleaning record text")
-        measured.update({"extractor_timeouts": timeouts, "trafilatura_timeout_s": trafilatura_timeout, "documents_in": documents_in["total"] if isinstance(documents_in, dict) else documents_in,
+        measured.update({"extractor_timeouts": timeouts, "trafilatura_timeout_s": trafilatura_timeout,
+                         "documents_in": documents_in["total"] if isinstance(documents_in, dict) else documents_in,
                          "documents_out": len(urls), "steps": [
                              {"name": step["name"].split(": ")[-1], "seconds": round(step["seconds"] or 0, 2),
                               "forwarded": step["stats"].get("forwarded")} for step in result["steps"]]})
@@ -266,7 +274,8 @@ def run_one(name: str, warc: dict, trafilatura_timeout: float = 1.0) -> tuple[di
         result = measured.pop("result")
         urls = ours_kept_urls(work, result["filter"])
         measured.update({key: result[key] for key in ("documents_in", "documents_out", "funnel", "removed",
-                                                       "tokens", "stage_seconds", "filter")})
+                                                       "tokens", "stage_seconds", "filter")},
+                        cpu_s_in_stages=result["cpu_seconds_in_stages"])
     measured["documents_out"] = len(urls) if measured["documents_out"] is None else measured["documents_out"]
     measured["cpu_ms_per_document"] = round(1000 * measured["cpu_s"] / warc["responses"], 3)
     measured["documents_per_cpu_s"] = round(warc["responses"] / measured["cpu_s"], 1)
