@@ -230,7 +230,7 @@ def ours_kept_urls(work: Path, filter_ref: dict) -> list[str]:
     manifest = read_manifest(store, filter_ref["artifact"], filter_ref["version"])
     urls = []
     with tempfile.TemporaryDirectory() as scratch:
-        for entry in files_with_role(manifest, "data"):
+        for entry in files_with_role(manifest, "documents"):
             urls += pq.read_table(fetch_verified(store, manifest, entry, Path(scratch)), columns=["url"])["url"].to_pylist()
     return urls
 
