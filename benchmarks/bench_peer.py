@@ -213,7 +213,8 @@ def ours_child(corpus: Path, workers: int, work: Path, full: bool) -> dict:
             "documents_out": counts["filter/web"].get("documents"),
             "funnel": {name: counts[name].get("documents") for name in counts},
             "removed": {name: counts[name].get("removed") for name in counts if counts[name].get("removed")},
-            "tokens": counts.get("tokens/web", {}).get("tokens"),
+            "tokens": sum(split["tokens"] for split in counts["tokens/web"]["splits"].values())
+            if "tokens/web" in counts else None,
             "filter": {"artifact": done["filter/web"]["artifact"], "version": done["filter/web"]["version"]}}
 
 
@@ -400,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table))
     for key, value in ratios.items():
         print(f"{key}: {value}")
+    for name in ("ours_w1", "ours_full_w1"):
+        stages = results.get(name, {}).get("stage_seconds", {})
+        if stages and all(isinstance(stage, dict) for stage in stages.values()):
+            print(f"{name}, CPU s per stage: " + ", ".join(f"{stage} {clock['cpu']:.1f}" for stage, clock in stages.items())
+                  + f" (the rest of {results[name]['cpu_s']:.1f}: start-up and imports)")
     print("CPU-seconds are the robust figure on a shared machine; wall times move with other jobs "
           "(others_busy_before/after in the JSON)")
     if args.profile:
