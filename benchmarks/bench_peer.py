@@ -16,8 +16,8 @@ languages, 37 MB). Runs, each a fresh subprocess measured the same way:
 
 For each: CPU seconds of the whole process tree (this process is a child subreaper, so orphaned
 fork-server workers and datatrove's extractor children are reaped here and counted in
-RUSAGE_CHILDREN), wall time, documents in and out, the peak of the summed RSS of the tree (sampled
-every 50 ms) and CPU per document. Both outputs are kept (benchmarks/.cache/peer-runs/) and compared
+RUSAGE_CHILDREN), wall time, documents in and out, the peak of the summed RSS (and PSS) of the tree
+(sampled every 50 ms) and CPU per document. Both outputs are kept (benchmarks/.cache/peer-runs/) and compared
 by URL. Results: benchmarks/results/peer.json.
 
     make bench-peer                                          # builds the peer's venv and the WARC first
@@ -65,13 +65,26 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size (pages shared with other processes counted by share), from smaps_rollup."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 class TreeMemory:
-    """Peak summed RSS of this process's descendants, sampled every `every` seconds."""
+    """Peak summed RSS and PSS of this process's descendants, sampled every `every` seconds. Summed RSS
+    counts pages a forked child shares with its parent (datatrove's extractor sandbox, fork-server
+    workers) once per process; PSS splits them."""
 
     def __init__(self, every: float = 0.05):
         import psutil
 
-        self.process, self.every, self.peak = psutil.Process(), every, 0
+        self.process, self.every, self.peak, self.peak_pss = psutil.Process(), every, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -79,13 +92,14 @@ class TreeMemory:
         import psutil
 
         while not self._stop.is_set():
-            total = 0
+            total = pss = 0
             for proc in self.process.children(recursive=True):
                 try:
                     total += proc.memory_info().rss
+                    pss += pss_bytes(proc.pid)
                 except psutil.Error:
                     pass
-            self.peak = max(self.peak, total)
+            self.peak, self.peak_pss = max(self.peak, total), max(self.peak_pss, pss)
             time.sleep(self.every)
 
     def __enter__(self) -> "TreeMemory":
@@ -133,6 +147,7 @@ def measure(command: list[str], log: Path, env: dict | None = None) -> dict:
     cpu_user, cpu_sys = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu_user + cpu_sys, 2), "cpu_user_s": round(cpu_user, 2),
             "cpu_sys_s": round(cpu_sys, 2), "peak_tree_rss_mb": round(memory.peak / 2**20, 1),
+            "peak_tree_pss_mb": round(memory.peak_pss / 2**20, 1),
             "orphans_reaped": orphans, "result": json.loads(done.stdout.strip().splitlines()[-1])}
 
 
@@ -331,7 +346,8 @@ def summary(results: dict, overlaps: dict) -> list[str]:
         peer = results.get("datatrove_t2" if name.endswith("2") else "datatrove_t1", base)
         ratio = f"{peer['cpu_ms_per_document'] / r['cpu_ms_per_document']:.1f}×" if peer and name.startswith("ours") else "—"
         lines.append(f"| {name} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['documents_in']:,} → {r['documents_out']:,} | "
-                     f"{r['cpu_ms_per_document']:.2f} | {r['documents_per_cpu_s']:,.0f} | {r['peak_tree_rss_mb']:,.0f} MB | "
+                     f"{r['cpu_ms_per_document']:.2f} | {r['documents_per_cpu_s']:,.0f} | {r['peak_tree_rss_mb']:,.0f} MB"
+                     + (f" (PSS {r['peak_tree_pss_mb']:,.0f})" if r.get("peak_tree_pss_mb") else "") + " | "
                      f"{ratio} |")
     for name, o in overlaps.items():
         lines.append(f"\nkept by URL ({name}): datatrove {o['datatrove']:,}, ours {o['ours']:,}, both {o['both']:,}, "
