@@ -91,7 +91,7 @@ bench-peer: venv peer-venv
 
 peer-venv: venv $(PEER_STAMP)
 
-$(PEER_STAMP): $(PEER_LOCK) benchmarks/peer/run_datatrove.py
+$(PEER_STAMP): $(PEER_LOCK) benchmarks/peer/run_datatrove.py | $(STAMP)
 	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
 	$(PEER_VENV)/bin/pip install --quiet pip==$(PIP_VERSION)
 	$(PEER_VENV)/bin/pip install --quiet --no-deps --require-hashes -r $(PEER_LOCK)
