@@ -13,12 +13,18 @@ TORCH_VERSION := 2.13.0
 PIP_VERSION   := 26.3
 UV_VERSION    := 0.13.8
 LOCK_TOOLS    := .cache/lock-tools
+# The peer of `make bench-peer` (datatrove's FineWeb chain) lives in its own virtualenv: its pins
+# conflict with ours. benchmarks/peer/requirements.txt holds every package at an exact version with hashes.
+PEER_VENV     ?= benchmarks/.cache/peer-venv
+PEER_LOCK     := benchmarks/peer/requirements.txt
+PEER_STAMP    := $(PEER_VENV)/.installed-stamp
+PEER_ASSETS   := benchmarks/.cache/peer-assets
 
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 120
 
-.PHONY: venv lock chromium test demo up down bench gpu-wheels sample clean
+.PHONY: venv lock chromium test demo up down bench bench-peer peer-venv peer-lock gpu-wheels sample clean
 
 venv: $(STAMP)
 
@@ -63,7 +69,7 @@ up: venv
 down: venv
 	$(BIN)/pretrain-pipeline stack down
 
-bench: venv
+bench: venv peer-venv
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_clean_langid.py
 	$(BIN)/python benchmarks/bench_dedup.py
@@ -71,6 +77,8 @@ bench: venv
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_stream.py
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/debian_warc.py
+	$(BIN)/python benchmarks/bench_peer.py
 	$(BIN)/python benchmarks/summary.py
 
 # Wheels for benchmarks/gpu_check.sh on a GPU machine without network, into .whl/ (ignored by git; copy the
@@ -89,6 +97,32 @@ gpu-wheels: venv
 		$(GPU_PLATFORMS) -r .whl/pins.txt
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir .whl \
 		$$(grep -E '^deepspeed==' requirements/py311-worker.txt | sed 's/ *\\$$//')
+
+# Against datatrove: its FineWeb chain and ours on the same Debian-documentation WARC, in one run
+# (benchmarks/README.md, "Against datatrove"). Offline once installed: datatrove's downloads are seeded
+# from what the project already has (LDNOOBW lists from npm naughty-words, lid.176.ftz, tldextract's snapshot).
+bench-peer: venv peer-venv
+	$(BIN)/python benchmarks/debian_warc.py
+	$(BIN)/python benchmarks/bench_peer.py
+	$(BIN)/python benchmarks/summary.py
+
+peer-venv: venv $(PEER_STAMP)
+
+$(PEER_STAMP): $(PEER_LOCK) benchmarks/peer/run_datatrove.py | $(STAMP)
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet pip==$(PIP_VERSION)
+	$(PEER_VENV)/bin/pip install --quiet --no-deps --require-hashes -r $(PEER_LOCK)
+	$(PEER_VENV)/bin/pip check
+	$(PEER_VENV)/bin/python benchmarks/peer/run_datatrove.py seed --assets $(PEER_ASSETS) \
+		--ldnoobw data/ldnoobw --lid $(VENV)/share/pretrain-pipeline/lid.176.ftz
+	touch $(PEER_STAMP)
+
+# Resolve benchmarks/peer/requirements.txt again from benchmarks/peer/requirements.in.
+peer-lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(LOCK_TOOLS)/bin/uv || $(BIN)/pip install --quiet --target $(LOCK_TOOLS) uv==$(UV_VERSION)
+	$(LOCK_TOOLS)/bin/uv pip compile $(PEER_LOCK:.txt=.in) --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --no-header --quiet -o $(PEER_LOCK)
 
 sample: venv
 	$(BIN)/python scripts/build_sample_corpus.py --out data/sample

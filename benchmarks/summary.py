@@ -100,6 +100,35 @@ def rows() -> list[tuple[str, str, str, str, str, str]]:
                     f"{base['seconds']:.1f} s at {small}x, {one['seconds']:.1f} s at {biggest}x",
                     f"time {one['seconds'] / base['seconds']:.2f}x for {biggest // small}x the data; "
                     + (f"{one['seconds'] / two['seconds']:.2f}x faster with 2 workers" if two else "")))
+    out += peer_rows()
+    return out
+
+
+def tree_memory(run: dict) -> str:
+    """Peak summed RSS of a run's process tree (and PSS, which counts shared pages once, where measured)."""
+    pss = run.get("peak_tree_pss_mb")
+    return f"{run['peak_tree_rss_mb']:.0f} MB" + (f" (PSS {pss:.0f} MB)" if pss else "")
+
+
+def peer_rows() -> list[tuple[str, str, str, str, str, str]]:
+    """Our FineWeb-style chain against datatrove's on the same WARC (bench_peer.py), 1 and 2 workers."""
+    peer = load("peer")
+    if peer is None:
+        return []
+    results, out = peer["results"], []
+    for ours, theirs, label in (("ours_w1", "datatrove_t1", "1 worker / 1 task"),
+                                ("ours_w2", "datatrove_t2", "2 workers / 2 tasks")):
+        if ours not in results or theirs not in results:
+            continue
+        a, b = results[ours], results[theirs]
+        kept = peer.get("overlap", {}).get(f"{ours} vs {theirs}")
+        both = f", {kept['both']:,} in both" if kept else ""
+        out.append((f"WARC → filtered documents, FineWeb chain ({label}; {a['documents_in']:,} Debian pages)",
+                    f"{a['documents_per_cpu_s']:,.0f} docs/s", tree_memory(a),
+                    f"datatrove 0.10.1 FineWeb chain, same WARC ({tree_memory(b)})",
+                    f"{b['documents_per_cpu_s']:,.0f} docs/s",
+                    f"{b['cpu_ms_per_document'] / a['cpu_ms_per_document']:.1f}× less CPU per document; kept "
+                    f"{a['documents_out']:,} vs {b['documents_out']:,}{both}"))
     return out
 
 
