@@ -30,11 +30,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache, cached_property
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import xxhash
-from datasketch import MinHash
+
+if TYPE_CHECKING:
+    from datasketch import MinHash
 
 _WORD = re.compile(r"\w+")
 _WORD_CHAR = re.compile(r"\w")
@@ -187,6 +189,8 @@ class MinHasher:
 
     @cached_property
     def _permutations(self) -> tuple[np.ndarray, np.ndarray]:
+        from datasketch import MinHash  # lazily: it imports scipy (~0.4 s), which the filter stage never needs
+
         a, b = MinHash(num_perm=self.num_perm, seed=self.seed, scheme=self.scheme).permutations
         return a.astype(np.uint32), b.astype(np.uint32)
 
@@ -249,6 +253,8 @@ class MinHasher:
 
     def datasketch_minhash(self, text: str, chars: bool = False) -> MinHash:
         """The same signature computed by datasketch itself (the reference the tests compare with)."""
+        from datasketch import MinHash
+
         sketch = MinHash(num_perm=self.num_perm, seed=self.seed, scheme=self.scheme,
                          hashfunc=lambda shingle: shingle_hash(shingle, chars))
         sketch.update_batch(shingles(text, self.ngram, chars))

@@ -18,7 +18,8 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
-from itertools import filterfalse
+from itertools import count, filterfalse, islice
+from operator import methodcaller
 
 import numpy as np
 
@@ -30,8 +31,9 @@ ELLIPSES = ("...", "…")
 TERMINAL_PUNCTUATION = (".", "!", "?", '"', "'", "。", "！", "？", "”", "»")
 POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
                      "use cookies")
-_LINES = re.compile(r"\n+")
-_PARAGRAPHS = re.compile(r"\n{2,}")
+_STARTS_WITH_BULLET = methodcaller("startswith", BULLETS)
+_ENDS_WITH_ELLIPSIS = methodcaller("endswith", ELLIPSES)
+_STRIP_PUNCTUATION = methodcaller("strip", ".,;:!?'\"()[]{}<>-–—«»“”‘’/*&%$@|")
 _SENTENCE_END = re.compile(r"[.!?。！？]+(?=\s|$)")
 
 
@@ -51,7 +53,7 @@ def duplicates(items: list[str]) -> tuple[int, int]:
 def _ids(words: list[str]) -> np.ndarray:
     """Words as small integers, numbered in order of first occurrence (n-grams of ints hash and compare
     much faster than of strings). dict.fromkeys and map run in C: no Python code per word."""
-    vocabulary = {word: number for number, word in enumerate(dict.fromkeys(words))}
+    vocabulary = dict(zip(dict.fromkeys(words), count()))
     return np.fromiter(map(vocabulary.__getitem__, words), dtype=np.uint64, count=len(words))
 
 
@@ -69,17 +71,31 @@ def _gram_keys(ids: np.ndarray, n: int) -> np.ndarray:
     return keys
 
 
+def _run_starts(ordered: np.ndarray) -> np.ndarray:
+    """True where a sorted array's value differs from the one before (and at 0)."""
+    new = np.empty(len(ordered), dtype=bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    return new
+
+
 def top_ngram_chars(words: list[str], n: int, ids: np.ndarray | None = None) -> int:
     """Characters covered by the most frequent word n-gram (its length times its count); among equally
     frequent ones, the first to occur."""
     ids = _ids(words) if ids is None else ids
     if len(ids) < n:
         return 0
-    _, first, counts = np.unique(_gram_keys(ids, n), return_index=True, return_counts=True)
+    keys = _gram_keys(ids, n)
+    # np.sort (SIMD quicksort) rather than np.unique(return_index=True), which needs a stable argsort:
+    # the first occurrence is only looked for among the most frequent grams
+    ordered = np.sort(keys)
+    starts = np.flatnonzero(_run_starts(ordered))
+    counts = np.diff(np.append(starts, len(ordered)))
     top = counts.max()
     if top < 2:
         return 0
-    start = int(first[counts == top].min())
+    best = ordered[starts[counts == top]]
+    start = int(np.argmax(keys == best[0] if len(best) == 1 else np.isin(keys, best)))
     return len(" ".join(words[start:start + n])) * int(top)
 
 
@@ -100,11 +116,18 @@ def duplicated_ngram_chars(words: list[str], n: int, ids: np.ndarray | None = No
     ids = _ids(words) if ids is None else ids
     if len(ids) < n:
         return 0
-    _, first, inverse = np.unique(_gram_keys(ids, n), return_index=True, return_inverse=True)
-    first_of = first[inverse]
-    candidates = np.flatnonzero(first_of < np.arange(len(first_of)))
-    if not len(candidates):
+    keys = _gram_keys(ids, n)
+    # np.unique(return_index=True, return_inverse=True) with an unstable (SIMD) argsort: the first
+    # position of each gram is the minimum position in its run
+    order = np.argsort(keys)
+    new = _run_starts(keys[order])
+    starts = np.flatnonzero(new)
+    if len(starts) == len(keys):
         return 0  # nothing repeats (the common case)
+    inverse = np.empty(len(keys), dtype=np.intp)
+    inverse[order] = np.cumsum(new) - 1  # the gram's rank among the distinct grams, as np.unique numbers them
+    first_of = np.minimum.reduceat(order, starts)[inverse]
+    candidates = np.flatnonzero(first_of < np.arange(len(first_of)))
     lengths = word_length_prefix(words) if lengths is None else lengths
     gram_of, first_at = inverse[candidates].tolist(), first_of[candidates].tolist()
     repeats: list[int] = []
@@ -157,19 +180,22 @@ class GopherQuality:
         symbols = text.count("#") + sum(text.count(ellipsis) for ellipsis in ELLIPSES)
         if symbols / len(words) > self.max_symbol_word_ratio:
             return "gopher_symbol_word_ratio"
-        lines = [line for line in text.split("\n") if line.strip()]
-        if lines and sum(line.lstrip().startswith(BULLETS) for line in lines) / len(lines) > self.max_bullet_lines_ratio:
+        # map/filter with methods run in C: no Python code per line or word
+        lines = list(filter(str.strip, text.split("\n")))
+        if lines and sum(map(_STARTS_WITH_BULLET, map(str.lstrip, lines))) / len(lines) > self.max_bullet_lines_ratio:
             return "gopher_bullet_lines_ratio"
-        if lines and sum(line.rstrip().endswith(ELLIPSES) for line in lines) / len(lines) > \
+        if lines and sum(map(_ENDS_WITH_ELLIPSIS, map(str.rstrip, lines))) / len(lines) > \
                 self.max_ellipsis_lines_ratio:
             return "gopher_ellipsis_lines_ratio"
-        # most words are all letters (filterfalse and isalpha run in C); only the others are looked into
-        without_letters = sum(1 for word in filterfalse(str.isalpha, words) if not any(map(str.isalpha, word)))
+        # most words are all letters, most others are letters with punctuation around them; only the rest
+        # is looked into letter by letter (punctuation is never a letter, so stripping it changes nothing)
+        others = filterfalse(str.isalpha, map(_STRIP_PUNCTUATION, filterfalse(str.isalpha, words)))
+        without_letters = sum(1 for word in others if not any(map(str.isalpha, word)))
         if 1 - without_letters / len(words) < self.max_non_alpha_words_ratio:
             return "gopher_non_alpha_words_ratio"
-        if self.check_stop_words and \
-                sum(map(self.stop_words.__contains__, map(str.lower, words))) < self.min_stop_words:
-            return "gopher_few_stop_words"
+        if self.check_stop_words and len(list(islice(filter(self.stop_words.__contains__, map(str.lower, words)),
+                                                     self.min_stop_words))) < self.min_stop_words:
+            return "gopher_few_stop_words"  # (counting stops at min_stop_words)
         return None
 
 
@@ -185,13 +211,16 @@ class GopherRepetition:
     def check(self, text: str, words: list[str] | None = None) -> str | None:
         if not text:
             return None
-        paragraphs = [p for p in _PARAGRAPHS.split(text.strip()) if p]
+        stripped = text.strip()
+        # split on runs of 2+ newlines (str.split is ~4x faster than a regex): a piece that starts with
+        # a newline continues the run
+        paragraphs = [p for p in (piece.lstrip("\n") for piece in stripped.split("\n\n")) if p]
         count, chars = duplicates(paragraphs)
         if paragraphs and count / len(paragraphs) > self.max_dup_para_frac:
             return "gopher_dup_para_frac"
         if chars / len(text) > self.max_dup_para_char_frac:
             return "gopher_dup_para_char_frac"
-        lines = [line for line in _LINES.split(text.strip()) if line]
+        lines = [line for line in stripped.split("\n") if line]
         count, chars = duplicates(lines)
         if lines and count / len(lines) > self.max_dup_line_frac:
             return "gopher_dup_line_frac"
@@ -234,24 +263,29 @@ class C4Quality:
             return text, "c4_lorem_ipsum", 0
         if self.filter_curly_bracket and "{" in text:
             return text, "c4_curly_bracket", 0
+        # a substring not in the whole lowered text is in no line: lines are lowered only when one is there
+        javascript = self.filter_javascript and "javascript" in lowered
+        policies = [policy for policy in POLICY_SUBSTRINGS if policy in lowered] if self.filter_policy else []
+        min_words = self.min_words_per_line
         kept, removed = [], 0
         for line in text.split("\n"):
             stripped = line.strip()
             if not stripped:
                 kept.append(line)
                 continue
-            words = stripped.split()
-            lower = stripped.lower()
             if (self.filter_no_terminal_punct and not stripped.endswith(TERMINAL_PUNCTUATION)) \
-                    or len(words) < self.min_words_per_line \
-                    or (len(stripped) > self.max_word_length and max(map(len, words)) > self.max_word_length) \
-                    or (self.filter_javascript and "javascript" in lower) \
-                    or (self.filter_policy and any(policy in lower for policy in POLICY_SUBSTRINGS)):
+                    or len(stripped.split(None, min_words - 1)) < min_words \
+                    or (len(stripped) > self.max_word_length and max(map(len, stripped.split())) > self.max_word_length):
                 removed += 1
                 continue
+            if javascript or policies:
+                lower = stripped.lower()
+                if (javascript and "javascript" in lower) or any(policy in lower for policy in policies):
+                    removed += 1
+                    continue
             kept.append(line)
         cleaned = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
-        if len(_SENTENCE_END.findall(cleaned)) < self.min_sentences:
+        if len(list(islice(_SENTENCE_END.finditer(cleaned), self.min_sentences))) < self.min_sentences:
             return cleaned, "c4_too_few_sentences", removed
         return cleaned, None, removed
 

@@ -136,8 +136,11 @@ def normalize_text(text: str, boilerplate: re.Pattern | None = None) -> str:
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
     text = _CONTROL.sub("", text)
     lines: list[str] = []
-    for raw in text.split("\n"):
-        line = " ".join(raw.split())  # every Unicode space run -> one space (2x faster than a regex)
+    for line in text.split("\n"):
+        # every Unicode space run -> one space (2x faster than a regex); most lines need nothing: every
+        # space but " " is non-printable, so a printable line without "  " or edge spaces is left as is
+        if not line.isprintable() or "  " in line or line[:1] == " " or line[-1:] == " ":
+            line = " ".join(line.split())
         if line and boilerplate is not None and boilerplate.fullmatch(line):
             continue
         if line or (lines and lines[-1]):
