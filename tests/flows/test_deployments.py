@@ -30,6 +30,9 @@ SCHEDULER_LOOP_S = 5
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    # _store points boto3 at this stack's credentials through the environment; the modules after this one get the
+    # session SeaweedFS's back.
+    environment = dict(os.environ)
     s3_port, prefect_port = free_port_block(2)
     directory = tmp_path_factory.mktemp("stack")
     with pytest.MonkeyPatch.context() as patch:
@@ -39,6 +42,8 @@ def stack(tmp_path_factory):
         running = local_stack.up(directory, s3_port=s3_port, prefect_port=prefect_port)
     yield running
     local_stack.down(directory)
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 def _prefect(stack, *args: str, timeout: int = 700) -> subprocess.CompletedProcess:
