@@ -161,15 +161,15 @@ def run_units(writer: ArtifactWriter, units: Sequence[Unit], work: Callable[[Any
     records: dict[str, dict] = {}
     for unit in units:
         if (previous := writer.finished_unit(unit.key)) is not None:
-            records[unit.key] = previous
-            writer.units_cpu_s += unit_cpu_elsewhere(previous)
+            records[unit.key] = previous  # its CPU was an earlier attempt's: not counted in this build's cpu_s
     todo = [unit for unit in units if unit.key not in records]
     progress(f"{name}: {len(units)} units, {sum(u.size for u in units) / MB:.1f} MB; "
              f"{len(records)} already done by an earlier attempt, {len(todo)} to do")
     reporter = Progress(name, len(units), len(records), progress, every)
 
     def finished(unit: Unit, record: dict) -> None:
-        writer.finish_unit(unit.key, record)
+        # parts/ keeps what the unit produced, not what it cost: two attempts write the same bytes there
+        writer.finish_unit(unit.key, {key: value for key, value in record.items() if key != "cpu"})
         records[unit.key] = record
         writer.units_cpu_s += unit_cpu_elsewhere(record)
         reporter.unit_done(unit, record)

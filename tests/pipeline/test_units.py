@@ -6,6 +6,7 @@ import os
 import time
 
 from pipeline.artifacts import ArtifactWriter, StageSpec
+from pipeline.parallel import LocalPools
 from pipeline.units import commit_units, run_units
 
 
@@ -30,8 +31,11 @@ def test_units_in_pool_processes_count_in_the_manifests_cpu_seconds(local_store)
     spec = StageSpec(stage="ingest", artifact="ingest/web", code_version="1", config={}, inputs={})
     writer = ArtifactWriter(local_store, spec)
     started = time.monotonic()
-    records = run_units(writer, [_Unit("a"), _Unit("b")], _spin, 0.3, workers=2, name="spin", progress=lambda _: None,
-                        every=60)
+    with LocalPools() as pools, pools.active():
+        # a pool already up takes every unit (while one starts, the caller runs units itself)
+        pools.map(abs, [-1, -2], 2, lambda unit, result: None)
+        records = run_units(writer, [_Unit("a"), _Unit("b")], _spin, 0.3, workers=2, name="spin",
+                            progress=lambda _: None, every=60)
     assert {record["pid"] for record in records} != {os.getpid()}  # they ran in the pool
     assert all(record["cpu"]["seconds"] >= 0.3 for record in records)
     manifest = commit_units(writer, records, {"documents": 0}, started)
