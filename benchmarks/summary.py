@@ -68,13 +68,14 @@ def rows() -> list[tuple[str, str, str, str, str, str]]:
                     f"{memory[0]['peak_rss_mb']:.0f} MB", "bare tokenizers encode_batch",
                     f"{figures['ceiling']['tokens_per_s']:,.0f} tokens/s", f"{tokenize['ratios']['w1_over_ceiling']:.2f}"))
     if train := load("train"):
-        figures = train["figures"]
-        out.append(("pretrain step (DeepSpeed ZeRO-1)", f"{figures['deepspeed_zero1']['tokens_per_s']:,.0f} tokens/s "
-                    f"({train['setup']['threads']} threads)",
-                    f"{figures['deepspeed_zero1'].get('peak_rss_mb', float('nan')):.0f} MB (plain loop: "
-                    f"{figures['plain'].get('peak_rss_mb', float('nan')):.0f} MB)", "plain PyTorch loop, same batches",
-                    f"{figures['plain']['tokens_per_s']:,.0f} tokens/s",
-                    f"{1 / train['step_time_over_plain']['deepspeed_zero1']:.2f}"))
+        runs = {(run["preset"], run["config"]): run for run in train["runs"]}
+        for preset in train["setup"]["presets"]:
+            zero1, plain = runs.get((preset, "zero1:fp32")), runs.get((preset, "plain:fp32"))
+            if zero1 and plain:
+                out.append((f"pretrain step, {preset} (DeepSpeed ZeRO-1, fp32)", f"{zero1['tokens_per_s']:,.0f} tokens/s",
+                            f"{zero1['peak_memory_mb']:.0f} MB (plain loop: {plain['peak_memory_mb']:.0f} MB)",
+                            "plain PyTorch loop, same model class and batches", f"{plain['tokens_per_s']:,.0f} tokens/s",
+                            f"{zero1['tokens_per_s'] / plain['tokens_per_s']:.2f}"))
     if stream := load("stream"):
         by = {(r["scale"], r["mode"]): r for r in stream["results"]}
         biggest = max(scale for scale, _ in by)
@@ -94,12 +95,16 @@ def rows() -> list[tuple[str, str, str, str, str, str]]:
         one, two = results[(biggest, 1)], results.get((biggest, 2))
         small = min(scale for scale, workers in results if workers == 1)  # 1x, unless a --scaling-only run
         base = results[(small, 1)]
+        scaling = f"{one['seconds'] / two['seconds']:.2f}x faster with 2 workers" if two else ""
+        if small < biggest:
+            reference = (f"the same at {small}x / with 2 workers",
+                         f"{base['seconds']:.1f} s at {small}x, {one['seconds']:.1f} s at {biggest}x",
+                         f"time {one['seconds'] / base['seconds']:.2f}x for {biggest // small}x the data; " + scaling)
+        else:  # a --scaling-only run: the largest corpus with 1 and 2 workers
+            reference = ("the same with 2 workers", f"{one['seconds']:.1f} s → {two['seconds']:.1f} s" if two else "—",
+                         scaling or "—")
         out.append((f"all data stages, WARC → tokens ({biggest}x corpus)",
-                    f"{one['warc_mb_per_core_second']:.2f} MB/s", f"{one['peak_tree_rss_mb']:.0f} MB",
-                    f"the same at {small}x / with 2 workers",
-                    f"{base['seconds']:.1f} s at {small}x, {one['seconds']:.1f} s at {biggest}x",
-                    f"time {one['seconds'] / base['seconds']:.2f}x for {biggest // small}x the data; "
-                    + (f"{one['seconds'] / two['seconds']:.2f}x faster with 2 workers" if two else "")))
+                    f"{one['warc_mb_per_core_second']:.2f} MB/s", f"{one['peak_tree_rss_mb']:.0f} MB", *reference))
     out += peer_rows()
     return out
 
