@@ -866,13 +866,10 @@ class RefreshConfig(Section):
 
     @model_validator(mode="after")
     def _valid_schedule(self) -> "RefreshConfig":
-        from prefect.client.schemas.schedules import CronSchedule
+        from pipeline.cron import cron_problem
 
-        try:
-            CronSchedule(cron=self.cron, timezone=self.timezone)
-        except ValueError as exc:
-            reason = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
-            raise ValueError(f"not a valid cron schedule ({self.cron!r}, timezone {self.timezone!r}): {reason}") from None
+        if reason := cron_problem(self.cron, self.timezone):
+            raise ValueError(f"not a valid cron schedule ({self.cron!r}, timezone {self.timezone!r}): {reason}")
         return self
 
 

@@ -31,11 +31,9 @@ from typing import Any, Callable
 
 from pipeline.artifacts import ArtifactWriter, StageSpec, artifact_prefix, read_manifest
 from pipeline.storage import ObjectStore, join_key
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from . import ablation_report
-from .stage import RunContext, artifact_key, execute_stage
+from .stage import RunContext, artifact_key, execute_stage, stage_task
 
 STAGE = "ablation"
 CODE_VERSION = "1"
@@ -124,7 +122,7 @@ def publish_report(store: ObjectStore, manifest: dict, summary: dict) -> None:
                               description="each metric per recipe: the seeds and their spread")
 
 
-@task(name="ablation", task_run_name="ablation", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("ablation", "ablation")
 def ablation_task(ctx: RunContext, definition: dict, runs: list[dict], heldout_result: dict, title: str,
                   baseline: str | None = None) -> Any:
     """Resolve the version from the definition and the runs' versions; skip or build; publish the report."""

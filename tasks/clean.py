@@ -25,10 +25,8 @@ from pipeline.config import CleanConfig
 from pipeline.shards import CLEAN_SCHEMA, QUARANTINE_SCHEMA, ShardWriter
 from pipeline.storage import ObjectStore
 from pipeline.units import ShardUnit, UnitOutput, read_shard, resolve_writer_thread, run_shard_stage
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from .stage import RunContext, execute_stage, upstream_manifest
+from .stage import RunContext, execute_stage, stage_task, upstream_manifest
 
 STAGE = "clean"
 CODE_VERSION = "1"
@@ -242,7 +240,7 @@ def run_clean(source: str, settings: CleanConfig, store: ObjectStore, spec: Stag
                            progress=progress, extractor=job.extractor)
 
 
-@task(name="clean", task_run_name="clean[{source_name}]", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("clean", "clean[{source_name}]")
 def clean_task(ctx: RunContext, source_name: str, ingest_result: dict) -> Any:
     """Resolve the version from the ingest artifact and the config, then skip it (Cached) or clean."""
     upstream = upstream_manifest(ctx, ingest_result)

@@ -32,13 +32,11 @@ from typing import Any, Callable
 from pipeline.artifacts import ArtifactWriter, StageSpec
 from pipeline.config import CptConfig, MixtureConfig, TrainConfig
 from pipeline.storage import ObjectStore
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from .checkpoints import StartingModel, artifact_model, check_base_checkpoint
 from .mixture import allocate, mixture_table, mixture_weights, sample_order, train_shards
 from .remote import run_training_stage
-from .stage import RunContext, upstream_manifest
+from .stage import RunContext, stage_task, upstream_manifest
 from .tokenizer import conventions
 from .training import (TrainingJob, describe_plan, export_model, loss_summary, model_summary, plan,
                        run_training, training_data, val_shards, write_order)
@@ -175,7 +173,7 @@ def prepare(ctx: RunContext, base_result: dict | None, tokens_results: dict[str,
                                       general, tokenizer, emit)
 
 
-@task(name="cpt", task_run_name="cpt", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("cpt", "cpt")
 def cpt_task(ctx: RunContext, base_result: dict | None, tokens_results: dict[str, dict],
              tokenizer_result: dict) -> Any:
     """Skip or train (`base_result`: the model artifact `cpt.init: pretrain` starts from), here or as a training

@@ -53,10 +53,8 @@ from pipeline.runs import get_ref
 from pipeline.shards import DEDUP_SCHEMA, LANGID_SCHEMA, QUARANTINE_SCHEMA
 from pipeline.storage import ObjectStore
 from pipeline.units import UnitOutput, commit_units, read_shard, resolve_writer_thread, run_units, shard_units
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from .stage import RunContext, execute_stage, upstream_manifest
+from .stage import RunContext, execute_stage, stage_task, upstream_manifest
 
 STAGE = "dedup"
 CODE_VERSION = "2"  # 2: routed partitions, language groups, minhash_cluster_size, URL dedup
@@ -565,7 +563,7 @@ def run_dedup(settings: DedupConfig, store: ObjectStore, spec: StageSpec, inputs
                         lsh_threshold=threshold, against=against)
 
 
-@task(name="dedup", task_run_name="dedup", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("dedup", "dedup")
 def dedup_task(ctx: RunContext, langid_results: dict[str, dict], against: str | None = None) -> Any:
     """Resolve the version from every source's langid artifact, `against` (default: `dedup.against`) and
     the config; skip or dedup."""

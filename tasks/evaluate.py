@@ -44,13 +44,11 @@ from pipeline.artifacts import ArtifactWriter, StageSpec, fetch_verified, files_
 from pipeline.config import EvalConfig
 from pipeline.storage import ObjectStore
 from pipeline.units import read_shard
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from . import harness
 from .checkpoints import StartingModel, artifact_model, check_base_checkpoint
 from .gate import apply_gate, gate_baseline, gate_decision, gate_markdown
-from .stage import RunContext, artifact_key, execute_stage, upstream_manifest
+from .stage import RunContext, artifact_key, execute_stage, stage_task, upstream_manifest
 from .tokenize import split_of
 
 STAGE = "eval"
@@ -329,7 +327,7 @@ def publish_gate(manifest: dict, moved: dict | None) -> None:
 
 # log_prints off: dill (under datasets, under the harness) captures the stdout of `dis` to find a function's
 # globals, and Prefect's print-to-log would send that disassembly to the run's log instead.
-@task(name="eval", task_run_name="eval", cache_policy=NO_CACHE, persist_result=False, log_prints=False)
+@stage_task("eval", "eval", log_prints=False)
 def eval_task(ctx: RunContext, model_results: dict[str, dict | None], tokens_results: dict[str, dict],
               filter_results: dict[str, dict]) -> Any:
     """Resolve the version from the models, the data, the task files and the config; skip or score; then

@@ -38,11 +38,9 @@ from pipeline.shards import DEDUP_SCHEMA, QUARANTINE_SCHEMA
 from pipeline.storage import ObjectStore
 from corpus.toxicity import WordListToxicity
 from pipeline.units import ShardUnit, UnitOutput, read_shard, resolve_writer_thread, run_shard_stage
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from .quality_model import resolve_classifier_model
-from .stage import RunContext, execute_stage, upstream_manifest
+from .stage import RunContext, execute_stage, stage_task, upstream_manifest
 
 STAGE = "filter"
 CODE_VERSION = "2"  # 2: minhash_cluster_size carried through, per-language thresholds
@@ -247,7 +245,7 @@ def run_filter(source: str, settings: FilterConfig, store: ObjectStore, spec: St
                            progress=progress, source=source)
 
 
-@task(name="filter", task_run_name="filter[{source_name}]", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("filter", "filter[{source_name}]")
 def filter_task(ctx: RunContext, source_name: str, dedup_result: dict) -> Any:
     """Resolve the version from the dedup artifact and the config, then skip it (Cached) or filter."""
     upstream = upstream_manifest(ctx, dedup_result)

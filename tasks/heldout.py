@@ -30,10 +30,8 @@ from corpus.eval_tasks import Document
 from pipeline.artifacts import ArtifactWriter, StageSpec, fetch_verified, files_with_role
 from pipeline.storage import ObjectStore
 from pipeline.units import read_shard
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from .stage import RunContext, execute_stage, upstream_manifest
+from .stage import RunContext, execute_stage, stage_task, upstream_manifest
 from .tokenize import split_of
 
 STAGE = "heldout"
@@ -114,7 +112,7 @@ def read_heldout(store: ObjectStore, manifest: dict, scratch: Path) -> dict[str,
     return documents
 
 
-@task(name="heldout", task_run_name="heldout", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("heldout", "heldout")
 def heldout_task(ctx: RunContext, settings: dict, upstream_results: dict[str, dict]) -> Any:
     """Resolve the version from the sources' artifacts read, the split and the budget; skip or select."""
     inputs = {source: upstream_manifest(ctx, result) for source, result in upstream_results.items()}

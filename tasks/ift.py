@@ -46,13 +46,11 @@ from pipeline.artifacts import ArtifactWriter, StageSpec, fetch_verified, files_
 from pipeline.config import IftConfig, TrainConfig
 from pipeline.shards import QUARANTINE_SCHEMA
 from pipeline.storage import ObjectStore
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from .checkpoints import StartingModel, artifact_model, check_base_checkpoint
 from .cpt import check_fits
 from .remote import run_training_stage
-from .stage import RunContext, upstream_manifest
+from .stage import RunContext, stage_task, upstream_manifest
 from .tokenizer import conventions, id_fraction
 from .training import (TrainingJob, describe_plan, export_model, loss_summary, model_summary, plan, run_training,
                        tokenizer_files, write_order)
@@ -237,7 +235,7 @@ def prepare(ctx: RunContext, model_result: dict | None, tokenizer_result: dict) 
                                       tokenizer, chat_files, emit)
 
 
-@task(name="ift", task_run_name="ift", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("ift", "ift")
 def ift_task(ctx: RunContext, model_result: dict | None, tokenizer_result: dict) -> Any:
     """Skip or fine-tune, here or as a training flow run on train.work_pool (tasks/remote.py)."""
     return run_training_stage(ctx, STAGE, prepare, {"model_result": model_result,

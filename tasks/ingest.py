@@ -31,10 +31,8 @@ from pipeline.shards import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA, ShardWriter
 from pipeline.sources import InputFile, list_inputs, local_copy, why_unreadable
 from pipeline.storage import ObjectStore
 from pipeline.units import UnitOutput, commit_units, resolve_writer_thread, run_units
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from .stage import RunContext, execute_stage
+from .stage import RunContext, execute_stage, stage_task
 
 STAGE = "ingest"
 CODE_VERSION = "3"  # 3: compressed HTML, missing_http_headers, unreadable_file
@@ -217,7 +215,7 @@ def run_ingest(source: SourceConfig, settings: IngestConfig, storage: StorageCon
 # The Prefect task
 
 
-@task(name="ingest", task_run_name="ingest[{source_name}]", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("ingest", "ingest[{source_name}]")
 def ingest_task(ctx: RunContext, source_name: str) -> Any:
     """Resolve the source's version from its files, then skip it (Cached) or ingest it."""
     source = ctx.config.source(source_name)

@@ -23,10 +23,8 @@ from pipeline.models import file_sha256, lid_model_path
 from pipeline.shards import LANGID_SCHEMA, QUARANTINE_SCHEMA, ShardWriter
 from pipeline.storage import ObjectStore
 from pipeline.units import ShardUnit, UnitOutput, read_shard, resolve_writer_thread, run_shard_stage
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from .stage import RunContext, execute_stage, upstream_manifest
+from .stage import RunContext, execute_stage, stage_task, upstream_manifest
 
 STAGE = "langid"
 CODE_VERSION = "1"
@@ -140,7 +138,7 @@ def run_langid(source: str, settings: LangidConfig, store: ObjectStore, spec: St
                            progress=progress, model=Path(job.model_path).name)
 
 
-@task(name="langid", task_run_name="langid[{source_name}]", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("langid", "langid[{source_name}]")
 def langid_task(ctx: RunContext, source_name: str, clean_result: dict) -> Any:
     """Resolve the version from the clean artifact, the model file and the config; skip or label."""
     upstream = upstream_manifest(ctx, clean_result)

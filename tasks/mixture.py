@@ -41,10 +41,8 @@ from model.sizing import chinchilla_tokens, count_parameters
 from pipeline.artifacts import ArtifactWriter, StageSpec, fetch_verified, files_with_role
 from pipeline.config import MixtureConfig
 from pipeline.storage import ObjectStore
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from .stage import RunContext, execute_stage, upstream_manifest
+from .stage import RunContext, execute_stage, stage_task, upstream_manifest
 from .training import write_order
 
 STAGE = "mixture"
@@ -240,7 +238,7 @@ def run_mixture(settings: MixtureConfig, store: ObjectStore, spec: StageSpec, in
     return writer.commit(files, counts, summary=summary)
 
 
-@task(name="mixture", task_run_name="mixture", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("mixture", "mixture")
 def mixture_task(ctx: RunContext, tokens_results: dict[str, dict]) -> Any:
     """Resolve the version from every tokens artifact, the model size and the config; skip or build."""
     general = ctx.config.general_sources()  # domain sources are read by continued pretraining (cpt)

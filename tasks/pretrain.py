@@ -23,13 +23,11 @@ from typing import Any, Callable
 from pipeline.artifacts import ArtifactWriter, StageSpec
 from pipeline.config import TrainConfig
 from pipeline.storage import ObjectStore
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from model.families import hf_config_dict
 
 from .remote import run_training_stage
-from .stage import RunContext, upstream_manifest
+from .stage import RunContext, stage_task, upstream_manifest
 from .tokenizer import conventions
 from .training import (TrainingJob, describe_plan, export_model, fetch_data, loss_summary, model_summary, plan,
                        run_training, val_shards)
@@ -90,7 +88,7 @@ def prepare(ctx: RunContext, mixture_result: dict, tokenizer_result: dict,
     return spec, lambda emit: run_pretrain(settings, model_size, ctx.store, spec, mixture, tokenizer, emit, validation)
 
 
-@task(name="pretrain", task_run_name="pretrain", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("pretrain", "pretrain")
 def pretrain_task(ctx: RunContext, mixture_result: dict, tokenizer_result: dict,
                   tokens_results: dict[str, dict] | None = None) -> Any:
     """Skip or train, here or as a training flow run on train.work_pool (tasks/remote.py)."""

@@ -26,14 +26,12 @@ from typing import Any, Callable
 from pipeline.artifacts import ArtifactWriter, StageSpec
 from pipeline.config import EvalConfig
 from pipeline.storage import ObjectStore
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from . import harness
 from .checkpoints import artifact_model
 from .evaluate import evaluate_model, folder_files, include_paths, metric_rows
 from .heldout import read_heldout
-from .stage import RunContext, execute_stage, upstream_manifest
+from .stage import RunContext, execute_stage, stage_task, upstream_manifest
 
 STAGE = "proxy-eval"
 CODE_VERSION = "1"
@@ -101,8 +99,7 @@ def run_proxy_eval(settings: EvalConfig, tasks: list[str], store: ObjectStore, s
 
 
 # log_prints off, as the eval stage's: dill's disassembly would go to the run's log
-@task(name="proxy-eval", task_run_name="proxy-eval[{label}]", cache_policy=NO_CACHE, persist_result=False,
-      log_prints=False)
+@stage_task("proxy-eval", "proxy-eval[{label}]", log_prints=False)
 def proxy_eval_task(ctx: RunContext, label: str, tasks: list[str], model_result: dict, heldout_result: dict) -> Any:
     """Resolve the version from the model, the held-out set, the tasks and the settings; skip or score."""
     model = upstream_manifest(ctx, model_result)

@@ -8,6 +8,7 @@ publishes a summary artifact in the Prefect UI.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,41 @@ from pipeline.artifacts import MANIFEST, STAGES, StageSpec, artifact_prefix, bui
 from pipeline.config import PipelineConfig
 from pipeline.runs import RunRecorder
 from pipeline.storage import ObjectStore, join_key
+
+
+def stage_task(name: str, task_run_name: str, **options: Any) -> Callable[[Callable], "DeferredTask"]:
+    """The thin Prefect task around a stage's core: `@stage_task("clean", "clean[{source_name}]")`. No result
+    persistence and no Prefect cache: a stage's artifact version is its cache (execute_stage)."""
+    return lambda fn: DeferredTask(fn, {"name": name, "task_run_name": task_run_name, "persist_result": False,
+                                        **options})
+
+
+class DeferredTask:
+    """A Prefect task that is built the first time it is called or inspected. Every local pool worker imports
+    the stage modules (it unpickles a stage's unit function from one) and runs only the pure cores, so these
+    modules must not import Prefect when they load: that import costs about 0.6 CPU-s in each fork server and
+    in each process that runs the cores without a flow (benchmarks/README.md, issue 20)."""
+
+    def __init__(self, fn: Callable, options: dict[str, Any]):
+        self._fn, self._options, self._task = fn, options, None
+        functools.update_wrapper(self, fn)
+
+    @property
+    def task(self):
+        if self._task is None:
+            from prefect import task
+            from prefect.cache_policies import NO_CACHE
+
+            self._task = task(cache_policy=NO_CACHE, **self._options)(self._fn)
+        return self._task
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.task(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_fn", "_options", "_task"):  # copies and pickles probe these
+            raise AttributeError(name)
+        return getattr(self.task, name)
 
 
 class StageNotSelected(RuntimeError):

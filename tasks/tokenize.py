@@ -33,10 +33,8 @@ from pipeline.config import TokenizeConfig
 from pipeline.storage import ObjectStore
 from corpus.token_shards import Packer, TokenShardWriter, token_dtype, token_schema
 from pipeline.units import ShardUnit, UnitOutput, read_shard, run_shard_stage
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from .stage import RunContext, execute_stage, upstream_manifest
+from .stage import RunContext, execute_stage, stage_task, upstream_manifest
 from .tokenizer import conventions, id_fraction, tokenizer_json
 
 STAGE = "tokens"
@@ -189,7 +187,7 @@ def run_tokenize(source: str, settings: TokenizeConfig, store: ObjectStore, spec
                            eos_id=job.eos_id, pad_id=job.pad_id, vocab_size=job.vocab_size)
 
 
-@task(name="tokens", task_run_name="tokens[{source_name}]", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("tokens", "tokens[{source_name}]")
 def tokenize_task(ctx: RunContext, source_name: str, filter_result: dict, tokenizer_result: dict) -> Any:
     """Resolve the version from the filtered documents, the tokenizer and the config; skip or tokenize."""
     upstream = upstream_manifest(ctx, filter_result)

@@ -34,10 +34,8 @@ from pipeline.artifacts import ArtifactWriter, StageSpec, fetch_verified, files_
 from pipeline.config import TokenizerConfig
 from pipeline.storage import ObjectStore
 from pipeline.units import read_shard, shard_units
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from .stage import RunContext, execute_stage, upstream_manifest
+from .stage import RunContext, execute_stage, stage_task, upstream_manifest
 
 STAGE = "tokenizer"
 CODE_VERSION = "2"  # 2: tokenizer_class loadable by transformers 4.x, conventions in the summary
@@ -237,7 +235,7 @@ def tokenizer_json(store: ObjectStore, manifest: dict) -> str:
         return fetch_verified(store, manifest, entry, Path(scratch)).read_text(encoding="utf-8")
 
 
-@task(name="tokenizer", task_run_name="tokenizer", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("tokenizer", "tokenizer")
 def tokenizer_task(ctx: RunContext, filter_results: dict[str, dict]) -> Any:
     """Resolve the version from the filtered documents (or the given file) and the config; skip or build."""
     inputs = {source: upstream_manifest(ctx, result) for source, result in filter_results.items()}
