@@ -31,7 +31,7 @@ class DeferredTask:
     """A Prefect task that is built the first time it is called or inspected. Every local pool worker imports
     the stage modules (it unpickles a stage's unit function from one) and runs only the pure cores, so these
     modules must not import Prefect when they load: that import costs about 0.6 CPU-s in each fork server and
-    in each process that runs the cores without a flow (benchmarks/README.md, issue 20)."""
+    in each process that runs the cores without a flow (benchmarks/README.md, *1 → 2 workers*)."""
 
     def __init__(self, fn: Callable, options: dict[str, Any]):
         self._fn, self._options, self._task = fn, options, None
