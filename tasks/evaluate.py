@@ -234,8 +234,8 @@ def run_eval(settings: EvalConfig, store: ObjectStore, spec: StageSpec, models: 
         work = Path(scratch)
         documents = held_out_documents(store, filters, tokens, settings.heldout.max_bytes_per_source, work)
         generated = generate_tasks(documents, settings, work / "tasks")
-        manager = harness.task_manager(task_folders + ([work / "tasks"] if generated else []))
         task_names = list(dict.fromkeys(settings.tasks + generated))
+        manager = harness.task_manager(task_folders + ([work / "tasks"] if generated else []), task_names)
         harness.check_tasks(manager, task_names)
         chat = chat_data(store, models["ift"], settings, work) if "ift" in models else None
         progress(f"eval: lm-evaluation-harness {harness.harness_version()}, tasks {task_names}; held-out text "

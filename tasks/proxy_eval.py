@@ -40,10 +40,10 @@ SETTINGS = ("limit", "num_fewshot", "bootstrap_iters", "dtype", "core_metric")
 
 
 @lru_cache(maxsize=4)
-def _task_manager(folders: tuple[Path, ...]):
-    """The harness's task index, built once per process for an ablation's task folders (indexing every
-    harness task takes seconds; every proxy of an ablation reads the same folders)."""
-    return harness.task_manager(list(folders))
+def _task_manager(folders: tuple[Path, ...], names: tuple[str, ...]):
+    """The harness's task index, built once per process for an ablation's task folders and tasks (indexing
+    every harness task takes seconds; every proxy of an ablation reads the same folders)."""
+    return harness.task_manager(list(folders), names)
 
 
 def proxy_eval_spec(settings: EvalConfig, tasks: list[str], model: dict, heldout: dict, task_folders: list[Path],
@@ -79,7 +79,7 @@ def run_proxy_eval(settings: EvalConfig, tasks: list[str], store: ObjectStore, s
     with tempfile.TemporaryDirectory(prefix="proxy-eval-") as scratch:
         work = Path(scratch)
         documents = read_heldout(store, heldout, work)
-        manager = _task_manager(tuple(task_folders))
+        manager = _task_manager(tuple(task_folders), tuple(tasks))
         harness.check_tasks(manager, tasks, key="tasks")
         lm = harness.load_model(artifact_model(model).hf_dir(store, work / "model"), settings.dtype, settings.device,
                                 settings.batch_size)

@@ -72,3 +72,9 @@ def test_unknown_task_names_are_refused_naming_them():
     check_tasks(manager, ["debian_cloze", "hellaswag", "mmlu"])
     with pytest.raises(ValueError, match=r"eval.tasks: unknown task\(s\) \['helaswag'\]"):
         check_tasks(manager, ["debian_cloze", "helaswag"])
+
+
+def test_only_the_local_folders_are_indexed_when_they_define_every_task_asked_for():
+    assert set(task_manager([SAMPLE / "eval"], ["debian_cloze"]).all_tasks) == {"debian_cloze"}
+    mixed = task_manager([SAMPLE / "eval"], ["debian_cloze", "hellaswag"])  # a harness task: its own index too
+    check_tasks(mixed, ["debian_cloze", "hellaswag", "mmlu"])
