@@ -20,9 +20,9 @@ from zoneinfo import available_timezones
 @lru_cache(maxsize=1)
 def _prefects_croniter() -> ModuleType | None:
     prefect = importlib.util.find_spec("prefect")
-    locations = list(prefect.submodule_search_locations or []) if prefect else []
-    source = next((Path(p) / "_vendor" / "croniter" / "croniter.py" for p in locations
-                   if (Path(p) / "_vendor" / "croniter" / "croniter.py").is_file()), None)
+    candidates = [Path(p) / "_vendor" / "croniter" / "croniter.py"
+                  for p in (prefect.submodule_search_locations or [] if prefect else [])]
+    source = next((candidate for candidate in candidates if candidate.is_file()), None)
     if source is None:
         return None
     spec = importlib.util.spec_from_file_location("_pipeline_prefect_croniter", source)
